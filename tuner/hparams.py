@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from tuner.errors import ConfigError
 
@@ -51,7 +51,7 @@ class Range:
     include_zero: bool = False
 
 
-Domain = Union[Fixed, Choice, Range]
+Domain = Fixed | Choice | Range
 
 _RANGE_KEYS = {"low", "high", "log", "step", "include_zero"}
 
@@ -100,14 +100,14 @@ def parse_domain(raw: Any, *, path: str) -> Domain:
                 f"{path}: `include_zero` applies to log ranges (a linear range reaches 0 by "
                 f"its `low`), but got log=false"
             )
-        return Range(float(low), float(high), log, None if step is None else float(step),
-                     include_zero)
+        return Range(
+            float(low), float(high), log, None if step is None else float(step), include_zero
+        )
     if isinstance(raw, (list, tuple)):
         if len(raw) == 0:
             raise ConfigError(f"{path}: a list of choices must not be empty, but got []")
         return Choice(tuple(raw))
     return Fixed(raw)
-
 
 
 @dataclass(frozen=True)
@@ -177,11 +177,12 @@ class HyperParam:
             return 0.0
         if self.one_minus and domain.log:
             # Search 1-x log-uniformly: 0.9 -> 0.99 is as big a step as 0.99 -> 0.999.
-            rest = trial.suggest_float(f"{key}.one_minus", 1 - domain.high, 1 - domain.low,
-                                       log=True)
+            rest = trial.suggest_float(
+                f"{key}.one_minus", 1 - domain.high, 1 - domain.low, log=True
+            )
             return 1.0 - rest
         if self.kind is int:
-            return trial.suggest_int(key, int(domain.low), int(domain.high), log=domain.log,
-                                     step=int(domain.step or 1))
-        return trial.suggest_float(key, domain.low, domain.high, log=domain.log,
-                                   step=domain.step)
+            return trial.suggest_int(
+                key, int(domain.low), int(domain.high), log=domain.log, step=int(domain.step or 1)
+            )
+        return trial.suggest_float(key, domain.low, domain.high, log=domain.log, step=domain.step)
