@@ -1,5 +1,67 @@
-"""tuner: hyperparameter tuning for PyTorch training."""
+"""tuner: find the optimizer, learning rate, schedule and warmup to train a PyTorch model with.
+
+The objective API (``Trial``, ``TrialPruned``, ``TrialDiverged``) and the exported configuration
+(``load_optimizer_config``, ``build_optimizer``) are importable from here. Names load lazily so
+that ``tuner --help`` does not pay for importing torch.
+
+Example::
+
+    cfg = tuner.load_optimizer_config("best.yaml")
+    optimizer, scheduler = tuner.build_optimizer(model.parameters(), cfg, total_steps=10_000)
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "CatalogError",
+    "ConfigError",
+    "OptimizerConfig",
+    "StorageError",
+    "Trial",
+    "TrialDiverged",
+    "TrialPruned",
+    "TunerError",
+    "Yogi",
+    "build_optimizer",
+    "load_optimizer_config",
+    "render_torch_code",
+]
+
+_WHERE = {
+    "CatalogError": "tuner.errors",
+    "ConfigError": "tuner.errors",
+    "StorageError": "tuner.errors",
+    "TunerError": "tuner.errors",
+    "Trial": "tuner.trial",
+    "TrialDiverged": "tuner.trial",
+    "TrialPruned": "tuner.trial",
+    "Yogi": "tuner.optim",
+    "OptimizerConfig": "tuner.export",
+    "build_optimizer": "tuner.export",
+    "load_optimizer_config": "tuner.export",
+    "render_torch_code": "tuner.render",
+}
+
+if TYPE_CHECKING:
+    from tuner.errors import CatalogError, ConfigError, StorageError, TunerError
+    from tuner.export import OptimizerConfig, build_optimizer, load_optimizer_config
+    from tuner.optim import Yogi
+    from tuner.render import render_torch_code
+    from tuner.trial import Trial, TrialDiverged, TrialPruned
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tuner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

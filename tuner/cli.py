@@ -1,0 +1,221 @@
+"""The ``tuner`` command line. Thin: parse, call the library, map errors to exit codes here.
+
+Exit codes: 0 success; 1 a runtime error (storage unreachable, workers failed); 2 a usage or
+configuration error (the study file, a flag, the objective path); 130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from tuner.errors import ConfigError, TunerError
+from tuner.storage import redact_url
+
+__all__ = ["cli", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STUDY_ARG = click.argument(
+    "study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False, path_type=Path)
+)
+
+
+def _echo(message: str) -> None:
+    click.echo(redact_url(message), err=True)
+
+
+def _handle_errors(fn: F) -> F:
+    """The one place where exceptions become messages and exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TunerError as exc:
+            _echo(f"error: {exc}")
+            if exc.hint:
+                _echo(f"hint: {exc.hint}")
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _echo(
+                "interrupted: the running trial was recorded as interrupted and will run again; "
+                "run the same command to resume the study"
+            )
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(quiet: bool = False) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logger = logging.getLogger("tuner")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_RedactingFormatter("tuner: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url(super().format(record))
+
+
+def _load(study_path: Path, *, trials: int | None = None, timeout: str | None = None) -> Any:
+    from tuner.studyfile import load_study_file, with_overrides
+
+    study_file = load_study_file(study_path)
+    if trials is not None or timeout is not None:
+        study_file = with_overrides(study_file, trials=trials, timeout=timeout)
+    return study_file
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tuner")
+def cli() -> None:
+    """tuner: find the optimizer, learning rate, schedule and warmup to train your model with.
+
+    \b
+    tuner launch study.yaml     create or resume the study and run it to its budget here
+    tuner worker study.yaml     join the same study from another machine
+    tuner status study.yaml     trials by outcome, best so far, running trials
+    tuner best study.yaml       the winning configuration (yaml, json or torch code)
+    tuner report study.yaml     plots and a summary, also logged to MLflow
+    tuner sync study.yaml       backfill MLflow from the study database
+    """
+
+
+@cli.command()
+@STUDY_ARG
+@click.option("--trials", type=click.IntRange(min=1), help="Override budget.trials.")
+@click.option("--timeout", metavar="DURATION", help="Override budget.timeout (90s, 30m, 2h).")
+@click.option("--quiet", is_flag=True, help="Only the summary.")
+@_handle_errors
+def launch(study_path: Path, trials: int | None, timeout: str | None, quiet: bool) -> None:
+    """Create or resume the study in STUDY.yaml and run it to its budget on this machine."""
+    from tuner.launch import launch as run_launch
+
+    _setup_logging(quiet)
+    study_file = _load(study_path, trials=trials, timeout=timeout)
+    summary = run_launch(study_file, echo=(lambda _: None) if quiet else _echo)
+    click.echo(summary.format())
+
+
+@cli.command()
+@STUDY_ARG
+@click.option(
+    "--device",
+    help="Device for this worker: cpu, cuda, cuda:1. Default: the first of workers.devices.",
+)
+@click.option("--device-tag", hidden=True, help="The device name recorded in tags.")
+@click.option("--deadline", type=float, hidden=True, help="Unix time after which no trial starts.")
+@click.option("--quiet", is_flag=True, help="No line per trial.")
+@_handle_errors
+def worker(
+    study_path: Path, device: str | None, device_tag: str | None, deadline: float | None,
+    quiet: bool,
+) -> None:  # fmt: skip
+    """Join the study in STUDY.yaml and run trials on one device until its budget is spent."""
+    from tuner.launch import run_worker
+
+    _setup_logging(quiet)
+    study_file = _load(study_path)
+    reason = run_worker(
+        study_file,
+        echo=(lambda _: None) if quiet else _echo,
+        device=device,
+        device_tag=device_tag,
+        deadline=deadline,
+    )
+    if not quiet:
+        _echo(f"worker done ({reason})")
+
+
+@cli.command()
+@STUDY_ARG
+@_handle_errors
+def status(study_path: Path) -> None:
+    """Trials by outcome, the best so far, and running trials with their worker and device."""
+    from tuner.runner import fail_stale_trials
+    from tuner.summary import summarize
+
+    _setup_logging()
+    study_file = _load(study_path)
+    study = _load_existing_study(study_file)
+    fail_stale_trials(study)
+    click.echo(summarize(study, budget=study_file.budget.trials).format())
+
+
+@cli.command()
+@STUDY_ARG
+@click.option(
+    "--format", "fmt", type=click.Choice(["yaml", "json", "python"]), default="yaml",
+    show_default=True, help="yaml/json: the configuration; python: plain torch code.",
+)  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
+@_handle_errors
+def best(study_path: Path, fmt: str, output: Path | None) -> None:
+    """The winning configuration, ready for `tuner.load_optimizer_config` or as torch code."""
+    from tuner.export import OptimizerConfig
+    from tuner.render import render_torch_code
+
+    _setup_logging()
+    study_file = _load(study_path)
+    study = _load_existing_study(study_file)
+    try:
+        trial = study.best_trial
+    except ValueError:
+        raise TunerError(
+            f"study {study_file.name!r} has no complete trial yet",
+            hint="run `tuner launch` first, or `tuner status` to see how the trials went",
+        ) from None
+    config = OptimizerConfig.from_dict(trial.user_attrs["tuner:config"])
+    text = {
+        "yaml": config.to_yaml,
+        "json": config.to_json,
+        "python": lambda: render_torch_code(config),
+    }[fmt]()
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        output.write_text(text)
+        _echo(f"wrote {output}")
+
+
+def _load_existing_study(study_file: Any) -> Any:
+    import optuna
+
+    from tuner.storage import open_storage
+
+    storage = open_storage(study_file.storage)
+    try:
+        return optuna.load_study(study_name=study_file.name, storage=storage)
+    except KeyError:
+        raise TunerError(
+            f"no study named {study_file.name!r} in {redact_url(study_file.storage)}",
+            hint="run `tuner launch` to create it",
+        ) from None
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        cli.main(prog_name="tuner", standalone_mode=True)
+    except ConfigError as exc:  # pragma: no cover - commands handle their own
+        _echo(f"error: {exc}")
+        sys.exit(2)

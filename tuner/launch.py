@@ -1,0 +1,316 @@
+"""``tuner launch`` and ``tuner worker``: open the study, start the workers, show progress.
+
+``launch`` runs ``devices x per_device`` workers on this machine: one in this process, or one
+subprocess per slot (``tuner worker``), each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``.
+``worker`` runs the same loop on any machine that reaches the same storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import optuna
+
+from tuner.errors import ConfigError, TunerError
+from tuner.runner import ATTR, TrialResult, Worker, open_study
+from tuner.summary import StudySummary, format_duration, summarize
+
+if TYPE_CHECKING:
+    from tuner.studyfile import StudyFile
+    from tuner.tracking import Tracker
+
+__all__ = ["Slot", "launch", "open_session", "resolve_slots", "run_worker"]
+
+log = logging.getLogger("tuner")
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker runs: the device the objective sees, and the one the tags record."""
+
+    device: str
+    tag: str
+    visible: str | None = None  # CUDA_VISIBLE_DEVICES for a worker subprocess
+
+
+def resolve_slots(devices: str | list[str], per_device: int) -> list[Slot]:
+    """``auto`` means every visible CUDA device, else the CPU; each device ``per_device`` times."""
+    if devices == "auto":
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        names = [f"cuda:{i}" for i in range(n)] or ["cpu"]
+    else:
+        names = list(devices)
+    slots = []
+    for name in names:
+        for _ in range(per_device):
+            if name.startswith("cuda"):
+                index = name.partition(":")[2] or "0"
+                slots.append(Slot(device="cuda:0", tag=f"cuda:{index}", visible=index))
+            else:
+                slots.append(Slot(device=name, tag=name))
+    return slots
+
+
+def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
+    """Open the storage, the study (created or resumed) and the tracker with its parent run."""
+    from tuner.storage import dialect_of, open_storage
+    from tuner.tracking import make_tracker
+
+    workers = study_file.workers
+    storage = open_storage(
+        study_file.storage,
+        heartbeat_interval=getattr(workers, "heartbeat_interval", 10),
+        grace_period=getattr(workers, "grace_period", 60),
+        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+    )
+    study = open_study(study_file, storage)
+    tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
+    existing = study.user_attrs.get(ATTR.PARENT_RUN)
+    parent = tracker.open_study(
+        study_name=study_file.name,
+        experiment=study_file.mlflow.experiment,
+        study_yaml_text=study_file.raw_text,
+        tags={
+            "tuner.sampler": study_file.sampler.name,
+            "tuner.pruner": study_file.pruner.name,
+            "tuner.storage_dialect": dialect_of(study_file.storage),
+            "tuner.direction": study_file.direction,
+            "tuner.metric": study_file.metric,
+        },
+        existing_parent_run_id=existing,
+    )
+    if parent is not None and parent != existing:
+        study.set_user_attr(ATTR.PARENT_RUN, parent)
+    return study, tracker
+
+
+def launch(
+    study_file: StudyFile,
+    *,
+    echo: Echo,
+    slots: list[Slot] | None = None,
+) -> StudySummary:
+    """Run the study to its budget on this machine; returns the final summary."""
+    from tuner.objective import load_objective
+
+    objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
+    study, tracker = open_session(study_file)
+    slots = slots or resolve_slots(study_file.workers.devices, study_file.workers.per_device)
+    timeout = study_file.budget.timeout
+    deadline = time.time() + timeout if timeout else None
+    progress = Progress(study, study_file, echo)
+    try:
+        if len(slots) == 1:
+            worker = Worker(
+                study_file=study_file,
+                study=study,
+                objective=objective,
+                tracker=tracker,
+                device=slots[0].tag,
+                device_tag=slots[0].tag,
+                deadline=deadline,
+                on_trial_end=progress.trial_ended,
+            )
+            _check_device(slots[0].tag)
+            progress.stopped(worker.run())
+        else:
+            progress.stopped(_run_subprocess_workers(study_file, slots, deadline, progress))
+        summary = summarize(study, budget=study_file.budget.trials)
+        _update_parent(tracker, summary)
+        return summary
+    finally:
+        tracker.close(timeout=30.0)
+
+
+def run_worker(
+    study_file: StudyFile,
+    *,
+    echo: Echo,
+    device: str | None = None,
+    device_tag: str | None = None,
+    deadline: float | None = None,
+) -> str:
+    """``tuner worker``: join the study and run trials on one device until the budget is spent."""
+    from tuner.objective import load_objective
+    from tuner.storage import sqlite_shared_warning
+
+    warning = sqlite_shared_warning(study_file.storage)
+    if warning:
+        log.warning(warning)
+    objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
+    study, tracker = open_session(study_file)
+    if device is None:
+        device = resolve_slots(study_file.workers.devices, 1)[0].tag
+    if deadline is None and study_file.budget.timeout:
+        deadline = time.time() + study_file.budget.timeout
+    _check_device(device)
+    worker = Worker(
+        study_file=study_file,
+        study=study,
+        objective=objective,
+        tracker=tracker,
+        device=device,
+        device_tag=device_tag or device,
+        deadline=deadline,
+        on_trial_end=lambda r: echo(_result_line(r, study_file.metric)),
+    )
+    # SIGTERM (docker stop, a Kubernetes eviction) stops the worker like Ctrl-C: the running
+    # trial is recorded as interrupted and queued again.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        reason = worker.run()
+        _update_parent(tracker, summarize(study, budget=study_file.budget.trials))
+        return reason
+    finally:
+        tracker.close(timeout=30.0)
+
+
+class Progress:
+    """Progress lines while trials finish: done of budget, best so far, elapsed, remaining."""
+
+    def __init__(self, study: optuna.Study, study_file: StudyFile, echo: Echo) -> None:
+        self.study = study
+        self.sf = study_file
+        self.echo = echo
+        self.started = time.monotonic()
+        self.done_at_start = _finished(study)
+        self.reason: str | None = None
+
+    def trial_ended(self, result: TrialResult | None = None) -> None:
+        done = _finished(self.study)
+        budget = self.sf.budget.trials
+        elapsed = time.monotonic() - self.started
+        best = _best(self.study)
+        parts = [f"[{done:>{len(str(budget))}}/{budget}]"]
+        if result is not None:
+            parts.append(_result_line(result, self.sf.metric))
+        parts.append(f"best {best}")
+        parts.append(f"elapsed {format_duration(elapsed)}")
+        new = done - self.done_at_start
+        if new > 0 and done < budget:
+            left = elapsed / new * (budget - done)
+            if self.sf.budget.timeout:
+                left = min(left, max(0.0, self.sf.budget.timeout - elapsed))
+            parts.append(f"~{format_duration(left)} left")
+        self.echo(" | ".join(parts))
+
+    def stopped(self, reason: str) -> None:
+        self.reason = reason
+        messages = {
+            "timeout": "budget.timeout reached: no new trial started",
+            "failures": (
+                f"stopped: {self.sf.budget.max_failures} trials failed (budget.max_failures); "
+                "see `tuner status` and the tracebacks in MLflow or the study database"
+            ),
+        }
+        if reason in messages:
+            self.echo(messages[reason])
+
+
+def _run_subprocess_workers(
+    study_file: StudyFile, slots: list[Slot], deadline: float | None, progress: Progress
+) -> str:
+    procs = []
+    for slot in slots:
+        env = dict(os.environ)
+        if slot.visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.visible
+        cmd = [
+            sys.executable, "-m", "tuner", "worker", str(study_file.path),
+            "--device", slot.device, "--device-tag", slot.tag, "--quiet",
+        ]  # fmt: skip
+        if deadline is not None:
+            cmd += ["--deadline", repr(deadline)]
+        procs.append(subprocess.Popen(cmd, env=env))
+    last = -1
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            done = _finished(progress.study)
+            if done != last:
+                last = done
+                progress.trial_ended()
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait(timeout=60)
+        raise
+    codes = [p.returncode for p in procs]
+    if any(c not in (0,) for c in codes):
+        raise TunerError(
+            f"{sum(c != 0 for c in codes)} of {len(procs)} workers exited with an "
+            f"error (exit codes {codes}); their output is above"
+        )
+    progress.trial_ended()
+    return "budget"
+
+
+def _check_device(device: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"workers.devices: {device} was asked for, but this torch build sees no CUDA device "
+            f"(torch {torch.__version__})",
+            hint="install a CUDA build of torch (see the README) or use `devices: [cpu]`",
+        )
+
+
+def _update_parent(tracker: Tracker, summary: StudySummary) -> None:
+    import yaml
+
+    metrics = {f"trials_{k}": float(v) for k, v in summary.counts.items()}
+    metrics["trials_finished"] = float(summary.finished)
+    artifacts: dict[str, str | bytes] = {}
+    if summary.best_value is not None:
+        metrics["best_value"] = float(summary.best_value)
+        metrics["best_trial"] = float(summary.best_number or 0)
+    if summary.best_config is not None:
+        artifacts["best_config.yaml"] = yaml.safe_dump(summary.best_config, sort_keys=False)
+    tracker.update_study(metrics=metrics, artifacts=artifacts)
+
+
+def _finished(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    from tuner.runner import count_states
+
+    counts = count_states(study)
+    return counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+
+
+def _best(study: optuna.Study) -> str:
+    try:
+        best = study.best_trial
+    except ValueError:
+        return "none yet"
+    return f"{best.value:.6g} (trial {best.number})"
+
+
+def _result_line(result: TrialResult, metric: str) -> str:
+    text = f"trial {result.number} {result.outcome}"
+    if result.value is not None and result.outcome == "complete":
+        text += f" {metric}={result.value:.6g}"
+    elif result.reason and result.outcome in ("failed", "diverged"):
+        text += f" ({result.reason[:80]})"
+    return text
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,373 @@
+"""The trial runner: one worker's loop of reserve a slot, sample, train, record.
+
+The study database is the only coordinator. A worker reserves a trial slot under a lock that
+spans processes and machines (:func:`tuner.storage.budget_lock`), so the study ends with exactly
+``budget.trials`` finished trials however many workers share it. A trial's failure is data
+(state FAIL, its traceback in the trial's user attributes), never a crash of the study.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import random
+import socket
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState
+
+from tuner.errors import ConfigError
+from tuner.storage import budget_lock, redact_url
+from tuner.trial import Trial, TrialDiverged
+
+if TYPE_CHECKING:
+    from tuner.studyfile import StudyFile
+    from tuner.tracking import Tracker
+
+__all__ = [
+    "ATTR",
+    "OUTCOMES",
+    "TrialResult",
+    "Worker",
+    "open_study",
+    "trial_seed",
+]
+
+log = logging.getLogger("tuner")
+
+
+class ATTR:
+    """Keys tuner keeps in Optuna's study and trial user attributes."""
+
+    CONFIG = "tuner:config"
+    OUTCOME = "tuner:outcome"
+    REASON = "tuner:reason"
+    TRACEBACK = "tuner:traceback"
+    HOST = "tuner:worker_host"
+    DEVICE = "tuner:device"
+    DURATION = "tuner:duration_s"
+    RETRY_OF = "tuner:retry_of"
+    METRIC = "tuner:metric"
+    PARENT_RUN = "tuner:mlflow_parent_run_id"
+
+
+OUTCOMES = ("complete", "pruned", "diverged", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What became of one trial, as the worker loop reports it to progress displays."""
+
+    number: int
+    outcome: str
+    value: float | None
+    reason: str | None
+    duration_s: float
+
+
+def trial_seed(base: int, number: int) -> int:
+    """A per-trial seed, stable across resumes and workers."""
+    return (base * 1_000_003 + number) % (2**31)
+
+
+def open_study(study_file: StudyFile, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create the study, or load it when a study of that name exists (resume, other workers)."""
+    from tuner.studyfile import make_pruner, make_sampler
+
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_file.name,
+        direction=study_file.direction,
+        sampler=make_sampler(study_file.sampler),
+        pruner=make_pruner(study_file.pruner, max_resource=study_file.budget.epochs),
+        load_if_exists=True,
+    )
+    wanted = optuna.study.StudyDirection[study_file.direction.upper()]
+    if study.direction != wanted:
+        raise ConfigError(
+            f"direction: study {study_file.name!r} already exists in the storage with direction "
+            f"{study.direction.name.lower()}, but the study file says {study_file.direction}",
+            hint="use another `name` for a new study",
+        )
+    if study.user_attrs.get(ATTR.METRIC) != study_file.metric:
+        study.set_user_attr(ATTR.METRIC, study_file.metric)
+    return study
+
+
+@dataclass
+class Worker:
+    """One worker: runs trials of ``study`` on ``device`` until the budget is spent.
+
+    Collaborators are passed in: the study (with its storage), the tracker, the objective.
+    """
+
+    study_file: StudyFile
+    study: optuna.Study
+    objective: Callable[[Trial], float]
+    tracker: Tracker
+    device: str = "cpu"
+    device_tag: str | None = None
+    deadline: float | None = None
+    on_trial_end: Callable[[TrialResult], None] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    host: str = field(default_factory=socket.gethostname)
+
+    def run(self) -> str:
+        """Run trials until the budget, the timeout or the failure limit ends the study.
+
+        Returns why this worker stopped: "budget", "timeout", "failures" or "stopped".
+        KeyboardInterrupt propagates after the running trial is recorded as interrupted.
+        """
+        while not self.stop.is_set():
+            if self.deadline is not None and time.time() >= self.deadline:
+                return "timeout"
+            fail_stale_trials(self.study)
+            reserved = self._reserve()
+            if isinstance(reserved, str):
+                return reserved
+            result = self._run_trial(reserved)
+            if self.on_trial_end is not None:
+                self.on_trial_end(result)
+        return "stopped"
+
+    def _reserve(self) -> optuna.Trial | str:
+        budget = self.study_file.budget
+        with budget_lock(self.study_file.storage, self.study.study_name):
+            # Interrupted trials and those lost with a dead worker are retried, so only the
+            # objective's own failures count toward max_failures.
+            if count_outcome(self.study, "failed") >= budget.max_failures:
+                return "failures"
+            counts = count_states(self.study)
+            taken = sum(
+                counts.get(s, 0)
+                for s in (
+                    TrialState.COMPLETE,
+                    TrialState.PRUNED,
+                    TrialState.RUNNING,
+                    TrialState.WAITING,
+                )
+            )
+            if taken >= budget.trials:
+                return "budget"
+            # ask() takes a WAITING (retried) trial first, else creates a new one.
+            return self.study.ask()
+
+    def _run_trial(self, ot: optuna.Trial) -> TrialResult:
+        from tuner.space import sample_config
+
+        started = time.monotonic()
+        sf = self.study_file
+        ot.set_user_attr(ATTR.HOST, self.host)
+        ot.set_user_attr(ATTR.DEVICE, self.device_tag or self.device)
+        recorder = None
+        outcome, value, reason, tb = "complete", None, None, None
+        diverged_step: int | None = None
+        trial: Trial | None = None
+        heartbeat = get_heartbeat_thread(ot._trial_id, self.study._storage)
+        heartbeat.start()
+        try:
+            config = sample_config(ot, sf.search)
+            ot.set_user_attr(ATTR.CONFIG, config.to_dict())
+            recorder = self.tracker.start_trial(
+                number=ot.number,
+                params=_flat_params(config.to_dict()),
+                tags={
+                    "tuner.trial_number": str(ot.number),
+                    "tuner.optimizer": config.optimizer,
+                    "tuner.schedule": str(config.schedule.get("name")),
+                    "tuner.worker_host": self.host,
+                    "tuner.device": self.device_tag or self.device,
+                },
+            )
+            seed = trial_seed(_sampler_seed(sf), ot.number)
+            trial = Trial(
+                optuna=ot,
+                config=config,
+                device=self.device,
+                max_epochs=sf.budget.epochs,
+                params=dict(sf.params),
+                seed=seed,
+                metric=sf.metric,
+                direction=sf.direction,
+                recorder=recorder,
+            )
+            _seed_everything(seed)
+            returned = self.objective(trial)
+            value = _as_value(returned)
+            if not math.isfinite(value):
+                raise TrialDiverged(f"the objective returned {value}")
+        except TrialDiverged as exc:
+            outcome, reason = "diverged", exc.reason
+            diverged_step = exc.step
+        except optuna.TrialPruned as exc:
+            outcome, reason = "pruned", str(exc) or None
+        except KeyboardInterrupt:
+            outcome, reason = "interrupted", "interrupted (Ctrl-C or SIGTERM)"
+        except Exception as exc:
+            outcome = "failed"
+            reason = redact_url(f"{type(exc).__name__}: {exc}")
+            tb = redact_url(traceback.format_exc())
+            del exc
+        finally:
+            heartbeat.join()
+
+        duration = time.monotonic() - started
+        self._record(ot, trial, outcome, value, reason, tb, diverged_step, duration)
+        if recorder is not None:
+            recorder.finish(outcome, tags={"tuner.duration_s": f"{duration:.3f}"})
+            self.tracker.flush(timeout=10.0)
+        if outcome == "failed":
+            _free_device_memory()
+            log.warning(
+                "trial %d failed: %s (traceback kept in the study database)", ot.number, reason
+            )
+        elif outcome == "diverged":
+            log.info("trial %d diverged: %s", ot.number, reason)
+        if outcome == "interrupted":
+            raise KeyboardInterrupt
+        return TrialResult(ot.number, outcome, value, reason, duration)
+
+    def _record(
+        self,
+        ot: optuna.Trial,
+        trial: Trial | None,
+        outcome: str,
+        value: float | None,
+        reason: str | None,
+        tb: str | None,
+        diverged_step: int | None,
+        duration: float,
+    ) -> None:
+        ot.set_user_attr(ATTR.OUTCOME, outcome)
+        ot.set_user_attr(ATTR.DURATION, round(duration, 3))
+        if reason:
+            ot.set_user_attr(ATTR.REASON, reason[:2000])
+        if tb:
+            ot.set_user_attr(ATTR.TRACEBACK, tb[-8000:])
+        if outcome == "complete":
+            self.study.tell(ot, value)
+        elif outcome == "pruned":
+            self.study.tell(ot, state=TrialState.PRUNED)
+        elif outcome == "diverged":
+            # A pruned trial whose last intermediate value is NaN ranks worst for TPE, so the
+            # sampler learns to avoid the region instead of ignoring a failure.
+            if diverged_step is None:
+                last = trial.last_step if trial is not None else None
+                ot.report(float("nan"), 0 if last is None else last + 1)
+            self.study.tell(ot, state=TrialState.PRUNED)
+        else:
+            self.study.tell(ot, state=TrialState.FAIL)
+            if outcome == "interrupted":
+                # The same configuration runs again when the study resumes.
+                self.study.enqueue_trial(ot.params, user_attrs={ATTR.RETRY_OF: ot.number})
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    """Trials of the study by state, counted in the database (no trial objects are loaded)."""
+    storage = _rdb(study)
+    if storage is None:
+        counts: dict[TrialState, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state] = counts.get(t.state, 0) + 1
+        return counts
+    from sqlalchemy import text
+
+    with storage.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"),
+            {"sid": study._study_id},
+        ).all()
+    return {TrialState[str(state).split(".")[-1]]: n for state, n in rows}
+
+
+def count_outcome(study: optuna.Study, outcome: str) -> int:
+    """Trials of the study whose recorded outcome is ``outcome``, counted in the database."""
+    storage = _rdb(study)
+    if storage is None:
+        return sum(
+            1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ATTR.OUTCOME) == outcome
+        )
+    from sqlalchemy import text
+
+    with storage.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT COUNT(*) FROM trial_user_attributes a JOIN trials t "
+                    "ON a.trial_id = t.trial_id WHERE t.study_id = :sid AND a.key = :key "
+                    "AND a.value_json = :val"
+                ),
+                {"sid": study._study_id, "key": ATTR.OUTCOME, "val": json.dumps(outcome)},
+            ).scalar_one()
+        )
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail trials whose worker stopped sending heartbeats (it died) and queue their retry."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _rdb(study: optuna.Study) -> Any:
+    storage = study._storage
+    inner = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
+    return inner if isinstance(inner, optuna.storages.RDBStorage) else None
+
+
+def _as_value(returned: Any) -> float:
+    if isinstance(returned, bool) or returned is None:
+        raise TypeError(f"the objective must return a number, but it returned {returned!r}")
+    try:
+        return float(returned)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"the objective must return a number, but it returned {returned!r}"
+        ) from None
+
+
+def _flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_params(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _sampler_seed(study_file: StudyFile) -> int:
+    seed = study_file.sampler.options.get("seed") if study_file.sampler.options else None
+    return int(seed) if isinstance(seed, int) else 0
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _free_device_memory() -> None:
+    """After a failure (a CUDA OOM above all) release what the dead trial held."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - freeing memory must never fail a worker
+        pass

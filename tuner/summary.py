@@ -1,0 +1,146 @@
+"""What a study has found so far: counts by outcome, the best trial, the best per optimizer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["BestOf", "StudySummary", "format_duration", "summarize"]
+
+_OUTCOME_OF_STATE = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "failed",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
+
+
+@dataclass(frozen=True)
+class BestOf:
+    """The best complete trial of one optimizer."""
+
+    optimizer: str
+    value: float
+    number: int
+    trials: int
+
+
+@dataclass
+class StudySummary:
+    """A study at a glance; ``format()`` renders it as the table ``tuner`` prints."""
+
+    name: str
+    direction: str
+    metric: str
+    budget: int | None
+    counts: dict[str, int]
+    best_value: float | None = None
+    best_number: int | None = None
+    best_config: dict[str, Any] | None = None
+    per_optimizer: list[BestOf] = field(default_factory=list)
+    running: list[FrozenTrial] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        """Trials that count toward the budget: complete, pruned and diverged."""
+        return sum(self.counts.get(k, 0) for k in ("complete", "pruned", "diverged"))
+
+    def format(self) -> str:
+        lines = [f"study {self.name!r} ({self.direction} {self.metric})"]
+        budget = f" of {self.budget}" if self.budget is not None else ""
+        lines.append(f"  finished trials   {self.finished}{budget}")
+        order = ("complete", "pruned", "diverged", "failed", "interrupted", "running", "waiting")
+        by_outcome = ", ".join(f"{k} {self.counts[k]}" for k in order if self.counts.get(k))
+        lines.append(f"  by outcome        {by_outcome or 'none yet'}")
+        if self.best_value is None:
+            lines.append("  best              no complete trial yet")
+        else:
+            best = f"{self.best_value:.6g} (trial {self.best_number})"
+            lines.append(f"  best {self.metric:<12} {best}")
+            for key, value in (self.best_config or {}).items():
+                lines.append(f"    {key:<15} {_fmt(value)}")
+        if self.per_optimizer:
+            lines.append("  best per optimizer")
+            lines.append(f"    {'optimizer':<12}{'best':>12}{'trial':>8}{'complete':>10}")
+            for row in self.per_optimizer:
+                lines.append(
+                    f"    {row.optimizer:<12}{row.value:>12.6g}{row.number:>8}{row.trials:>10}"
+                )
+        if self.running:
+            lines.append("  running trials")
+            now = time.time()
+            for t in self.running:
+                started = t.datetime_start.timestamp() if t.datetime_start else now
+                host = t.user_attrs.get("tuner:worker_host", "?")
+                device = t.user_attrs.get("tuner:device", "?")
+                lines.append(
+                    f"    trial {t.number:<5} on {host} {device:<8} "
+                    f"for {format_duration(now - started)}"
+                )
+        return "\n".join(lines)
+
+
+def summarize(study: optuna.Study, *, budget: int | None = None) -> StudySummary:
+    """Summarize ``study`` from its storage."""
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        outcome = t.user_attrs.get("tuner:outcome") or _OUTCOME_OF_STATE[t.state]
+        if t.state in (TrialState.RUNNING, TrialState.WAITING):
+            outcome = _OUTCOME_OF_STATE[t.state]
+        elif t.state == TrialState.FAIL and "tuner:outcome" not in t.user_attrs:
+            outcome = "interrupted"  # its worker died mid-trial; a retry was queued
+        counts[outcome] = counts.get(outcome, 0) + 1
+    summary = StudySummary(
+        name=study.study_name,
+        direction=study.direction.name.lower(),
+        metric=str(study.user_attrs.get("tuner:metric", "value")),
+        budget=budget,
+        counts=counts,
+        running=[t for t in trials if t.state == TrialState.RUNNING],
+    )
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not complete:
+        return summary
+    better = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    best = better(complete, key=lambda t: t.value)
+    summary.best_value = best.value
+    summary.best_number = best.number
+    summary.best_config = best.user_attrs.get("tuner:config")
+    by_opt: dict[str, list[FrozenTrial]] = {}
+    for t in complete:
+        name = (t.user_attrs.get("tuner:config") or {}).get("optimizer", "?")
+        by_opt.setdefault(name, []).append(t)
+    rows = [
+        BestOf(name, (b := better(ts, key=lambda t: t.value)).value, b.number, len(ts))
+        for name, ts in by_opt.items()
+    ]
+    summary.per_optimizer = sorted(rows, key=lambda r: r.value, reverse=better is max)
+    return summary
+
+
+def format_duration(seconds: float) -> str:
+    """``95`` -> ``1m35s``."""
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)

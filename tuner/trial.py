@@ -1,0 +1,138 @@
+"""``tuner.Trial``: what the user's objective receives (DESIGN §4)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.export import OptimizerConfig
+    from tuner.tracking import TrialRecorder
+
+__all__ = ["DIVERGENCE_FACTOR", "Trial", "TrialDiverged", "TrialPruned"]
+
+TrialPruned = optuna.TrialPruned
+
+# A reported value that moves this many times its first magnitude in the wrong direction has
+# blown up: training of that configuration is not coming back, so stop paying for it.
+DIVERGENCE_FACTOR = 100.0
+
+
+class TrialDiverged(Exception):
+    """The trial's loss or value became NaN, infinite, or exploded: it ends as *diverged*.
+
+    tuner raises it from :meth:`Trial.report` and :meth:`Trial.log`; an objective may raise it
+    too. The runner records the trial as pruned at the step it diverged, with the outcome
+    ``diverged``, so the sampler ranks that region worst instead of ignoring it.
+    """
+
+    def __init__(self, reason: str, *, step: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.step = step
+
+
+@dataclass
+class Trial:
+    """One trial of a study, as the objective sees it.
+
+    Example::
+
+        def objective(trial: tuner.Trial) -> float:
+            model = Net().to(trial.device)
+            steps = trial.max_epochs * len(loader)
+            optimizer, scheduler = trial.build_optimizer(model.parameters(), total_steps=steps)
+            for epoch in range(trial.max_epochs):
+                ...
+                trial.report(accuracy, step=epoch)   # may raise tuner.TrialPruned
+            return accuracy
+    """
+
+    optuna: optuna.Trial
+    config: OptimizerConfig
+    device: str
+    max_epochs: int
+    params: Mapping[str, Any]
+    seed: int
+    metric: str = "value"
+    direction: str = "minimize"
+    recorder: TrialRecorder | None = None
+    _first_value: float | None = field(default=None, repr=False)
+    _last_step: int | None = field(default=None, repr=False)
+    _optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
+
+    @property
+    def number(self) -> int:
+        """The Optuna trial number, unique within the study."""
+        return self.optuna.number
+
+    @property
+    def last_step(self) -> int | None:
+        """The last step passed to :meth:`report`, or None."""
+        return self._last_step
+
+    def build_optimizer(
+        self, params: Iterable[Any], total_steps: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The sampled optimizer and its warmup + schedule over ``total_steps`` optimizer steps.
+
+        ``params`` is an iterable of tensors or of param-group dicts; every group is scaled
+        from its own base learning rate. Call ``scheduler.step()`` after every
+        ``optimizer.step()``.
+        """
+        from tuner.export import build_optimizer
+
+        optimizer, scheduler = build_optimizer(params, self.config, total_steps)
+        self._optimizer = optimizer
+        return optimizer, scheduler
+
+    def report(self, value: float, step: int) -> None:
+        """Report the metric at ``step`` (an epoch, usually) to the pruner and to MLflow.
+
+        Raises :class:`tuner.TrialPruned` when the pruner stops the trial and
+        :class:`TrialDiverged` when the value is NaN, infinite or has exploded.
+        """
+        value = float(value)
+        self._last_step = step
+        self._log({self.metric: value}, step)
+        # The value reaches the study database before divergence is raised, so the sampler
+        # sees the bad value at the step it happened.
+        self.optuna.report(value, step)
+        self._check_divergence(value, step)
+        if self.optuna.should_prune():
+            raise TrialPruned(f"pruned at step {step} with {self.metric}={value:.6g}")
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log extra metrics (MLflow only). A NaN or infinite value ends the trial as diverged."""
+        values = {name: float(v) for name, v in metrics.items()}
+        self._log(values, step)
+        for name, v in values.items():
+            if not math.isfinite(v):
+                raise TrialDiverged(f"{name} is {v} at step {step}", step=step)
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        if self.recorder is None:
+            return
+        if self._optimizer is not None:
+            metrics = {**metrics, "lr": float(self._optimizer.param_groups[0]["lr"])}
+        self.recorder.log(metrics, step)
+
+    def _check_divergence(self, value: float, step: int) -> None:
+        if not math.isfinite(value):
+            raise TrialDiverged(f"{self.metric} is {value} at step {step}", step=step)
+        if self._first_value is None:
+            self._first_value = value
+            return
+        first = self._first_value
+        worse_by = value - first if self.direction == "minimize" else first - value
+        if worse_by > DIVERGENCE_FACTOR * max(abs(first), 1e-8):
+            raise TrialDiverged(
+                f"{self.metric} exploded from {first:.6g} to {value:.6g} at step {step}",
+                step=step,
+            )
