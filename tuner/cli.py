@@ -109,6 +109,12 @@ def launch(study_path: Path, trials: int | None, timeout: str | None, quiet: boo
     study_file = _load(study_path, trials=trials, timeout=timeout)
     summary = run_launch(study_file, echo=(lambda _: None) if quiet else _echo)
     click.echo(summary.format())
+    if summary.stop_reason == "failures":
+        raise TunerError(
+            f"the study stopped early: {study_file.budget.max_failures} trials failed",
+            hint="fix the objective (the tracebacks are in the study database and MLflow), "
+            "or raise budget.max_failures",
+        )
 
 
 @cli.command()

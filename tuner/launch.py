@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -71,9 +72,9 @@ def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
     workers = study_file.workers
     storage = open_storage(
         study_file.storage,
-        heartbeat_interval=getattr(workers, "heartbeat_interval", 10),
-        grace_period=getattr(workers, "grace_period", 60),
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+        heartbeat_interval=workers.heartbeat_interval,
+        grace_period=workers.grace_period,
+        failed_trial_callback=_retry_stale_trials(),
     )
     study = open_study(study_file, storage)
     tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
@@ -96,6 +97,16 @@ def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
     return study, tracker
 
 
+def _retry_stale_trials() -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Optuna's callback that queues a trial lost with its worker again, same parameters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        if retry is None:  # optuna < 4.9
+            retry = optuna.storages.RetryFailedTrialCallback
+        return retry(max_retry=3)
+
+
 def launch(
     study_file: StudyFile,
     *,
@@ -106,8 +117,10 @@ def launch(
     from tuner.objective import load_objective
 
     objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
-    study, tracker = open_session(study_file)
     slots = slots or resolve_slots(study_file.workers.devices, study_file.workers.per_device)
+    for slot in slots:
+        _check_device(slot.tag)
+    study, tracker = open_session(study_file)
     timeout = study_file.budget.timeout
     deadline = time.time() + timeout if timeout else None
     progress = Progress(study, study_file, echo)
@@ -123,11 +136,11 @@ def launch(
                 deadline=deadline,
                 on_trial_end=progress.trial_ended,
             )
-            _check_device(slots[0].tag)
             progress.stopped(worker.run())
         else:
             progress.stopped(_run_subprocess_workers(study_file, slots, deadline, progress))
         summary = summarize(study, budget=study_file.budget.trials)
+        summary.stop_reason = progress.reason
         _update_parent(tracker, summary)
         return summary
     finally:
@@ -144,18 +157,18 @@ def run_worker(
 ) -> str:
     """``tuner worker``: join the study and run trials on one device until the budget is spent."""
     from tuner.objective import load_objective
-    from tuner.storage import sqlite_shared_warning
+    from tuner.storage import warn_if_sqlite_shared
 
-    warning = sqlite_shared_warning(study_file.storage)
+    warning = warn_if_sqlite_shared(study_file.storage)
     if warning:
         log.warning(warning)
     objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
-    study, tracker = open_session(study_file)
     if device is None:
         device = resolve_slots(study_file.workers.devices, 1)[0].tag
+    _check_device(device)
+    study, tracker = open_session(study_file)
     if deadline is None and study_file.budget.timeout:
         deadline = time.time() + study_file.budget.timeout
-    _check_device(device)
     worker = Worker(
         study_file=study_file,
         study=study,
@@ -166,9 +179,6 @@ def run_worker(
         deadline=deadline,
         on_trial_end=lambda r: echo(_result_line(r, study_file.metric)),
     )
-    # SIGTERM (docker stop, a Kubernetes eviction) stops the worker like Ctrl-C: the running
-    # trial is recorded as interrupted and queued again.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         reason = worker.run()
         _update_parent(tracker, summarize(study, budget=study_file.budget.trials))
@@ -310,7 +320,3 @@ def _result_line(result: TrialResult, metric: str) -> str:
     elif result.reason and result.outcome in ("failed", "diverged"):
         text += f" ({result.reason[:80]})"
     return text
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

@@ -8,17 +8,20 @@ spans processes and machines (:func:`tuner.storage.budget_lock`), so the study e
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import math
+import os
 import random
+import signal
 import socket
 import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +57,7 @@ class ATTR:
     REASON = "tuner:reason"
     TRACEBACK = "tuner:traceback"
     HOST = "tuner:worker_host"
+    WORKER = "tuner:worker"  # host/pid: which process ran the trial
     DEVICE = "tuner:device"
     DURATION = "tuner:duration_s"
     RETRY_OF = "tuner:retry_of"
@@ -121,46 +125,82 @@ class Worker:
     on_trial_end: Callable[[TrialResult], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     host: str = field(default_factory=socket.gethostname)
+    poll_interval: float = 1.0
+    _in_objective: bool = field(default=False, repr=False)
+    _interrupted: bool = field(default=False, repr=False)
 
     def run(self) -> str:
         """Run trials until the budget, the timeout or the failure limit ends the study.
 
         Returns why this worker stopped: "budget", "timeout", "failures" or "stopped".
-        KeyboardInterrupt propagates after the running trial is recorded as interrupted.
+        Ctrl-C or SIGTERM raise KeyboardInterrupt once the running trial is recorded as
+        interrupted (and queued to run again).
         """
-        while not self.stop.is_set():
+        with self._signals():
+            while not self.stop.is_set():
+                if self._interrupted:
+                    raise KeyboardInterrupt
+                if self.deadline is not None and time.time() >= self.deadline:
+                    return "timeout"
+                fail_stale_trials(self.study)
+                reserved = self._reserve()
+                if self._interrupted and isinstance(reserved, str):
+                    raise KeyboardInterrupt
+                if isinstance(reserved, str):
+                    return reserved
+                result = self._run_trial(reserved)
+                if self.on_trial_end is not None:
+                    self.on_trial_end(result)
+            return "stopped"
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """Ctrl-C and SIGTERM interrupt the objective at once, but never tuner's bookkeeping:
+        outside the objective they only stop the loop, so no trial is left RUNNING."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, frame: object) -> None:
+            self._interrupted = True
+            if self._in_objective:
+                raise KeyboardInterrupt
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _reserve(self) -> optuna.Trial | str:
+        """A trial to run, or why there is none; waits while other workers' trials decide."""
+        budget = self.study_file.budget
+        while True:
+            with budget_lock(self.study_file.storage, self.study.study_name):
+                # Interrupted trials and those lost with a dead worker are retried, so only
+                # the objective's own failures count toward max_failures.
+                if count_outcome(self.study, "failed") >= budget.max_failures:
+                    return "failures"
+                counts = count_states(self.study)
+                finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+                running = counts.get(TrialState.RUNNING, 0)
+                if finished >= budget.trials:
+                    return "budget"
+                # ask() takes a WAITING (retried) trial first, else creates a new one.
+                if counts.get(TrialState.WAITING, 0) or finished + running < budget.trials:
+                    with warnings.catch_warnings():
+                        # Optuna warns that heartbeats are meant for Study.optimize; this loop
+                        # runs them itself (get_heartbeat_thread around each trial).
+                        warnings.filterwarnings("ignore", "Heartbeat of storage")
+                        return self.study.ask()
+            # The rest of the budget is running elsewhere. Stay until those trials finish: one
+            # whose worker died is failed after the grace period and its retry queued here.
+            if self._interrupted or self.stop.wait(self.poll_interval):
+                return "stopped"
             if self.deadline is not None and time.time() >= self.deadline:
                 return "timeout"
             fail_stale_trials(self.study)
-            reserved = self._reserve()
-            if isinstance(reserved, str):
-                return reserved
-            result = self._run_trial(reserved)
-            if self.on_trial_end is not None:
-                self.on_trial_end(result)
-        return "stopped"
-
-    def _reserve(self) -> optuna.Trial | str:
-        budget = self.study_file.budget
-        with budget_lock(self.study_file.storage, self.study.study_name):
-            # Interrupted trials and those lost with a dead worker are retried, so only the
-            # objective's own failures count toward max_failures.
-            if count_outcome(self.study, "failed") >= budget.max_failures:
-                return "failures"
-            counts = count_states(self.study)
-            taken = sum(
-                counts.get(s, 0)
-                for s in (
-                    TrialState.COMPLETE,
-                    TrialState.PRUNED,
-                    TrialState.RUNNING,
-                    TrialState.WAITING,
-                )
-            )
-            if taken >= budget.trials:
-                return "budget"
-            # ask() takes a WAITING (retried) trial first, else creates a new one.
-            return self.study.ask()
 
     def _run_trial(self, ot: optuna.Trial) -> TrialResult:
         from tuner.space import sample_config
@@ -168,6 +208,7 @@ class Worker:
         started = time.monotonic()
         sf = self.study_file
         ot.set_user_attr(ATTR.HOST, self.host)
+        ot.set_user_attr(ATTR.WORKER, f"{self.host}/{os.getpid()}")
         ot.set_user_attr(ATTR.DEVICE, self.device_tag or self.device)
         recorder = None
         outcome, value, reason, tb = "complete", None, None, None
@@ -202,7 +243,13 @@ class Worker:
                 recorder=recorder,
             )
             _seed_everything(seed)
-            returned = self.objective(trial)
+            if self._interrupted:  # the signal came between reserving and starting
+                raise KeyboardInterrupt
+            self._in_objective = True
+            try:
+                returned = self.objective(trial)
+            finally:
+                self._in_objective = False
             value = _as_value(returned)
             if not math.isfinite(value):
                 raise TrialDiverged(f"the objective returned {value}")

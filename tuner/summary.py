@@ -44,6 +44,7 @@ class StudySummary:
     best_config: dict[str, Any] | None = None
     per_optimizer: list[BestOf] = field(default_factory=list)
     running: list[FrozenTrial] = field(default_factory=list)
+    stop_reason: str | None = None
 
     @property
     def finished(self) -> int:

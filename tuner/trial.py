@@ -90,6 +90,8 @@ class Trial:
 
         optimizer, scheduler = build_optimizer(params, self.config, total_steps)
         self._optimizer = optimizer
+        # Kept with the trial so that reports can redraw its learning-rate curve.
+        self.optuna.set_user_attr("tuner:total_steps", int(total_steps))
         return optimizer, scheduler
 
     def report(self, value: float, step: int) -> None:

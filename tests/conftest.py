@@ -1,0 +1,88 @@
+"""Shared fixtures: a study-file factory over a tmp dir with small, real torch objectives."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Least squares on 64 random points: real torch training, a few milliseconds per trial.
+REGRESSION = textwrap.dedent(
+    """
+    import torch
+    import tuner
+
+    def objective(trial):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 4, generator=g)
+        y = x @ torch.tensor([1.0, -2.0, 3.0, 0.5]) + 0.1
+        model = torch.nn.Linear(4, 1)
+        steps = 10
+        optimizer, scheduler = trial.build_optimizer(
+            model.parameters(), total_steps=trial.max_epochs * steps
+        )
+        loss = None
+        for epoch in range(trial.max_epochs):
+            for _ in range(steps):
+                loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            trial.report(loss.item(), step=epoch)
+        return loss.item()
+    """
+)
+
+SMALL_SEARCH: dict[str, Any] = {
+    "optimizers": {"adam": {}, "sgd": {}},
+    "schedules": ["constant", "cosine"],
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def make_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Write ``study.yaml`` plus ``obj.py`` into a fresh dir (also the cwd) and return its path.
+
+    Keyword arguments are merged into the study document (None removes a key).
+    """
+    monkeypatch.chdir(tmp_path)
+
+    def make(objective: str = REGRESSION, **fields: Any) -> Path:
+        (tmp_path / "obj.py").write_text(objective)
+        doc: dict[str, Any] = {
+            "name": "test-study",
+            "objective": "obj.py:objective",
+            "direction": "minimize",
+            "metric": "loss",
+            "budget": {"trials": 4, "epochs": 3},
+            "storage": f"sqlite:///{tmp_path / 'study.db'}",
+            "sampler": {"name": "random", "seed": 0},
+            "pruner": {"name": "none"},
+            "search": SMALL_SEARCH,
+            "mlflow": {"tracking_uri": "off"},
+        }
+        doc = _merge(doc, fields)
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return make

@@ -1,0 +1,101 @@
+"""End to end, as a user runs it: `tuner launch` as a subprocess on a fresh study file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.conftest import REGRESSION, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def tuner(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_launch_subprocess_and_the_database_is_plain_optuna_storage(make_study, tmp_path):
+    path = make_study(budget={"trials": 3})
+    proc = tuner("launch", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "finished trials   3 of 3" in proc.stdout
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.load_study(study_name="test-study", storage=storage)
+    assert len(study.trials) == 3
+    # Optuna's own CLI reads the study database.
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    listed = subprocess.run(
+        [str(optuna_cli), "trials", "--storage", storage, "--study-name", "test-study",
+         "-f", "yaml"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    rows = yaml.safe_load(listed.stdout)
+    assert sorted(r["number"] for r in rows) == [0, 1, 2]
+    assert {r["state"] for r in rows} == {"COMPLETE"}
+
+
+SLOW_REGRESSION = REGRESSION.replace(
+    "    g = torch.Generator()", "    import time\n    time.sleep(0.4)\n    g = torch.Generator()"
+)
+
+
+def test_ctrl_c_then_resume_gives_exactly_the_budget(make_study, tmp_path):
+    path = make_study(SLOW_REGRESSION, budget={"trials": 8})
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "launch", str(path)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            study = optuna.load_study(study_name="test-study", storage=storage)
+        except KeyError:
+            continue
+        if len(study.get_trials(states=(TrialState.COMPLETE,))) >= 2:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "run the same command to resume" in err
+    study = optuna.load_study(study_name="test-study", storage=storage)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    done_before = len(study.get_trials(states=(TrialState.COMPLETE,)))
+    assert 2 <= done_before < 8
+
+    again = tuner("launch", str(path), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="test-study", storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 8
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_digits_reaches_97_percent_with_its_default_budget(tmp_path):
+    """The README's main job, on embedded defaults: SQLite study, local MLflow store."""
+    for name in ("digits.yaml", "digits.py"):
+        shutil.copy(REPO / "studies" / name, tmp_path / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner", "launch", "digits.yaml"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="digits-cnn", storage=f"sqlite:///{tmp_path}/tuner.db")
+    assert study.best_value >= 0.97, proc.stdout
+    assert (tmp_path / "mlflow.db").exists()  # the default tracking store, in the cwd
