@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.pgutil import fresh_postgres_url  # noqa: F401 - a fixture for every test module
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Least squares on 64 random points: real torch training, a few milliseconds per trial.

@@ -53,7 +53,7 @@ def test_relaunch_resumes_and_never_exceeds_the_budget(make_study):
     assert len(load(path).trials) == 2
     assert run("launch", str(path))[0] == 0
     assert len(load(path).trials) == 4
-    code, out, _ = run("launch", str(path))  # already done: nothing more runs
+    code, _, _ = run("launch", str(path))  # already done: nothing more runs
     assert code == 0 and len(load(path).trials) == 4
 
 
@@ -86,7 +86,7 @@ def test_an_objective_that_always_fails_stops_at_max_failures(make_study):
         "def objective(trial):\n    raise RuntimeError('broken objective')\n",
         budget={"max_failures": 3},
     )
-    code, out, err = run("launch", str(path))
+    code, _, err = run("launch", str(path))
     assert code == 1
     assert "3 trials failed (budget.max_failures)" in err
     assert "RuntimeError: broken objective" in err
@@ -200,7 +200,7 @@ def test_status_and_best(make_study, tmp_path):
     assert code == 0 and "import torch" in out
     compile(out, "best.py", "exec")
 
-    code, _, err = run("best", str(path), "-o", str(tmp_path / "best.yaml"))
+    code, _, _ = run("best", str(path), "-o", str(tmp_path / "best.yaml"))
     assert code == 0
     import tuner
 

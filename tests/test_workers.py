@@ -15,13 +15,14 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import REGRESSION
-from tests.pgutil import fresh_postgres_url  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 SLEEPY = REGRESSION.replace(
     "    g = torch.Generator()",
-    "    import time\n    time.sleep(float(trial.params.get('sleep', 0.3)))\n    g = torch.Generator()",
+    "    import time\n"
+    "    time.sleep(float(trial.params.get('sleep', 0.3)))\n"
+    "    g = torch.Generator()",
 )
 FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 4}
 
