@@ -51,7 +51,7 @@ SMALL_SEARCH: dict[str, Any] = {
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         elif value is None:
             out.pop(key, None)
@@ -62,14 +62,15 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def make_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
-    """Write ``study.yaml`` plus ``obj.py`` into a fresh dir (also the cwd) and return its path.
+    """Write ``study.yaml`` plus ``obj.py`` (``source``) into a fresh dir (also the cwd).
 
-    Keyword arguments are merged into the study document (None removes a key).
+    Keyword arguments are merged into the study document (None removes a key, an empty
+    mapping replaces one). Returns the study file's path.
     """
     monkeypatch.chdir(tmp_path)
 
-    def make(objective: str = REGRESSION, **fields: Any) -> Path:
-        (tmp_path / "obj.py").write_text(objective)
+    def make(source: str = REGRESSION, **fields: Any) -> Path:
+        (tmp_path / "obj.py").write_text(source)
         doc: dict[str, Any] = {
             "name": "test-study",
             "objective": "obj.py:objective",

@@ -58,10 +58,12 @@ def _setup_logging(quiet: bool = False) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logger = logging.getLogger("tuner")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_RedactingFormatter("tuner: %(message)s"))
-        logger.addHandler(handler)
+    for old in [h for h in logger.handlers if getattr(h, "tuner_cli", False)]:
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.tuner_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(_RedactingFormatter("tuner: %(message)s"))
+    logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
 
@@ -201,6 +203,99 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
     else:
         output.write_text(text)
         _echo(f"wrote {output}")
+
+
+@cli.command()
+@STUDY_ARG
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the images and summary.md. Default: reports/<study name>.",
+)
+@_handle_errors
+def report(study_path: Path, out_dir: Path | None) -> None:
+    """Plots and a summary of the study, also logged to its MLflow parent run."""
+    from tuner.report import write_report
+    from tuner.runner import ATTR
+    from tuner.tracking import make_tracker
+
+    _setup_logging()
+    study_file = _load(study_path)
+    study = _load_existing_study(study_file)
+    out_dir = out_dir or Path("reports") / study_file.name
+    written = write_report(study, out_dir, budget=study_file.budget.trials)
+    click.echo(written.summary_text)
+    for path in written.files.values():
+        _echo(f"wrote {path}")
+    for name, why in written.skipped.items():
+        _echo(f"skipped {name}: {why}")
+    parent = study.user_attrs.get(ATTR.PARENT_RUN)
+    if study_file.mlflow.tracking_uri is None or parent is None:
+        _echo(
+            "not logged to MLflow: "
+            + (
+                "tracking is off"
+                if parent is None and study_file.mlflow.tracking_uri is None
+                else "the study has no MLflow parent run yet (run `tuner sync` first)"
+            )
+        )
+        return
+    tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
+    try:
+        tracker.open_study(
+            study_name=study_file.name,
+            experiment=study_file.mlflow.experiment,
+            study_yaml_text=study_file.raw_text,
+            tags={},
+            existing_parent_run_id=parent,
+        )
+        tracker.update_study(
+            metrics={},
+            artifacts={f"report/{p.name}": p.read_bytes() for p in written.files.values()},
+        )
+        tracker.end_study()
+        if not tracker.flush(timeout=60.0):
+            raise TunerError(
+                "the report could not be logged to MLflow (the tracking server did not answer)",
+                hint="the files are written locally; run `tuner report` again later",
+            )
+    finally:
+        tracker.close(timeout=10.0)
+    _echo(f"logged to MLflow run {parent}")
+
+
+@cli.command()
+@STUDY_ARG
+@_handle_errors
+def sync(study_path: Path) -> None:
+    """Backfill MLflow from the study database: every trial missing or incomplete there."""
+    from tuner.storage import dialect_of
+    from tuner.tracking import sync_study
+
+    _setup_logging()
+    study_file = _load(study_path)
+    if study_file.mlflow.tracking_uri is None:
+        raise ConfigError(
+            "mlflow.tracking_uri: tracking is off in this study file, so there is "
+            "nothing to sync to, but got `off`"
+        )
+    study = _load_existing_study(study_file)
+    result = sync_study(
+        study, study_file.mlflow.tracking_uri,
+        experiment=study_file.mlflow.experiment, metric=study_file.metric,
+        study_yaml_text=study_file.raw_text,
+        tags={
+            "tuner.sampler": study_file.sampler.name,
+            "tuner.pruner": study_file.pruner.name,
+            "tuner.storage_dialect": dialect_of(study_file.storage),
+        },
+    )  # fmt: skip
+    click.echo(
+        f"synced study {study_file.name!r} to MLflow run {result.parent_run_id}: "
+        f"{result.created} runs created, {result.completed} completed, "
+        f"{result.already_ok} already complete, {result.skipped} still running"
+    )
 
 
 def _load_existing_study(study_file: Any) -> Any:

@@ -142,6 +142,7 @@ def launch(
         summary = summarize(study, budget=study_file.budget.trials)
         summary.stop_reason = progress.reason
         _update_parent(tracker, summary)
+        tracker.end_study()
         return summary
     finally:
         tracker.close(timeout=30.0)

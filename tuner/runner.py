@@ -177,7 +177,7 @@ class Worker:
         """A trial to run, or why there is none; waits while other workers' trials decide."""
         budget = self.study_file.budget
         while True:
-            with budget_lock(self.study_file.storage, self.study.study_name):
+            with budget_lock(_rdb(self.study) or self.study_file.storage, self.study.study_name):
                 # Interrupted trials and those lost with a dead worker are retried, so only
                 # the objective's own failures count toward max_failures.
                 if count_outcome(self.study, "failed") >= budget.max_failures:

@@ -1,12 +1,65 @@
-"""The study database: Optuna RDB storage on SQLite or PostgreSQL, secrets kept out of sight."""
+"""The study database: Optuna RDB storage on SQLite or PostgreSQL, secrets kept out of sight.
+
+The storage database is the only coordinator between workers (DESIGN §7). This module opens it
+with settings that suit many processes on many machines, turns connection failures into a
+:class:`~tuner.errors.StorageError` that never shows a password, retries transient errors (a
+PostgreSQL restart, a dropped connection, a busy SQLite file) and offers :func:`budget_lock`, a
+mutual-exclusion section per study across processes and machines.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import inspect
+import logging
+import os
+import random
 import re
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
-__all__ = ["redact_url"]
+import optuna
+import sqlalchemy
+import sqlalchemy.exc
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
+from tuner.errors import StorageError
+
+__all__ = [
+    "RetryingRDBStorage",
+    "budget_lock",
+    "dialect_of",
+    "is_transient_error",
+    "normalize_url",
+    "open_storage",
+    "redact_url",
+    "retry",
+    "warn_if_sqlite_shared",
+]
+
+_logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FailedTrialCallback = Callable[["optuna.Study", FrozenTrial], None]
+
+_SCHEME = re.compile(r"(?P<dialect>[a-zA-Z][a-zA-Z0-9.\-]*)(\+[a-zA-Z0-9_.\-]+)?://")
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+
+# Enough to ride out a PostgreSQL restart (a few seconds) with room to spare: the waits are
+# 0.5, 1, 2, 4, 8, 8, 8 s (plus jitter), about 30 s in all before the error reaches the caller.
+DEFAULT_ATTEMPTS = 8
+DEFAULT_DELAY = 0.5
+DEFAULT_MAX_DELAY = 8.0
+
+_CONNECT_HINT = "is the server running? check the host, port and credentials"
+_URL_HINT = "check the storage URL, e.g. sqlite:///tuner.db or postgresql://user@host:5432/tuner"
 
 
 def redact_url(text: str) -> str:
@@ -16,3 +69,543 @@ def redact_url(text: str) -> str:
     'postgresql+psycopg://tuner:***@db:5432/tuner'
     """
     return _PASSWORD.sub(r"\g<head>***\g<tail>", text)
+
+
+def normalize_url(url: str) -> str:
+    """Point plain PostgreSQL URLs at the psycopg 3 driver; leave every other URL as it is.
+
+    >>> normalize_url("postgres://tuner@db/tuner")
+    'postgresql+psycopg://tuner@db/tuner'
+    >>> normalize_url("sqlite:///tuner.db")
+    'sqlite:///tuner.db'
+    """
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
+def dialect_of(url: str) -> str:
+    """The database kind of a storage URL, without driver or credentials.
+
+    Safe for MLflow tags and log lines.
+
+    >>> dialect_of("postgresql+psycopg://tuner:s3cret@db/tuner")
+    'postgresql'
+    >>> dialect_of("sqlite:///tuner.db")
+    'sqlite'
+    """
+    match = _SCHEME.match(normalize_url(url))
+    return match.group("dialect").lower() if match else "unknown"
+
+
+def warn_if_sqlite_shared(url: str) -> str | None:
+    """The warning ``tuner worker`` shows for an SQLite storage, or None for a server database.
+
+    SQLite coordinates processes through file locks, which do not hold across machines (nor on
+    network file systems): workers on two machines sharing one file lose or corrupt trials.
+
+    >>> warn_if_sqlite_shared("postgresql://db/tuner") is None
+    True
+    >>> "PostgreSQL" in warn_if_sqlite_shared("sqlite:///tuner.db")
+    True
+    """
+    if dialect_of(url) != "sqlite":
+        return None
+    return (
+        f"storage {redact_url(url)} is SQLite: it serves the workers of one machine only. "
+        "A `tuner worker` on another machine must not share this file (SQLite's file locks do "
+        "not hold across machines or network file systems, so trials would be lost or the "
+        "database corrupted). Use PostgreSQL for several machines, e.g. "
+        "storage: postgresql://user@host:5432/tuner with the password in ${ENV_VAR}."
+    )
+
+
+# --- transient errors and retries ------------------------------------------------------------
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it wraps) is worth retrying: a lost connection, a server
+    that is restarting or unreachable, a deadlock, or a busy SQLite file.
+
+    Optuna wraps SQLAlchemy errors in ``optuna.exceptions.StorageInternalError``; the chain is
+    searched, so both forms are recognised.
+
+    >>> is_transient_error(ValueError("bad value"))
+    False
+    """
+    for error in _exception_chain(exc):
+        if isinstance(error, sqlalchemy.exc.DisconnectionError):
+            return True
+        if isinstance(error, sqlalchemy.exc.DBAPIError):
+            if error.connection_invalidated:
+                return True
+            if isinstance(error.orig, sqlite3.OperationalError):
+                # Only a busy file is transient; "no such table" and friends are not.
+                text = str(error.orig).lower()
+                return "locked" in text or "busy" in text
+            return isinstance(
+                error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+            )
+    return False
+
+
+def retry(
+    fn: Callable[[], T],
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+    delay: float = DEFAULT_DELAY,
+    max_delay: float = DEFAULT_MAX_DELAY,
+    is_transient: Callable[[BaseException], bool] = is_transient_error,
+) -> T:
+    """Call ``fn()``; on a transient database error wait and call it again, up to ``attempts``.
+
+    Waits double from ``delay`` up to ``max_delay`` with a little jitter so that many workers do
+    not reconnect in lockstep. Other errors, and the last transient one, propagate unchanged.
+
+    >>> calls = []
+    >>> retry(lambda: calls.append(1) or len(calls), attempts=3)
+    1
+    """
+    if attempts < 1:
+        raise ValueError(f"`attempts >= 1` must hold, but got (attempts={attempts})")
+    wait = delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            _logger.warning(
+                "transient storage error (attempt %d of %d), retrying in %.1fs: %s",
+                attempt,
+                attempts,
+                wait,
+                redact_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__),
+            )
+            time.sleep(wait * random.uniform(0.8, 1.2))
+            wait = min(wait * 2, max_delay)
+    raise AssertionError("unreachable")
+
+
+# How deep this thread is in RetryingRDBStorage calls: only the outermost call retries.
+_retry_depth = threading.local()
+
+
+class RetryingRDBStorage(RDBStorage):
+    """Optuna's ``RDBStorage`` whose every database call is retried on transient errors.
+
+    Optuna's study loop calls the storage itself, so retries belong here rather than around
+    ``study.ask``/``study.tell``: a PostgreSQL restart mid-study then costs a pause, not a trial.
+    Every method Optuna calls is covered, including the private ones its ``_CachedStorage``
+    uses; nested calls are retried once, by the outermost call. A write whose commit reached the
+    server just as the connection died may be applied twice on retry; finishing a trial is made
+    idempotent, the rest is left to that rare case. Build it with :func:`open_storage`.
+    """
+
+    retry_attempts: int = DEFAULT_ATTEMPTS
+    retry_delay: float = DEFAULT_DELAY
+
+    def _retry(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        local = _retry_depth
+        if getattr(local, "depth", 0) > 0:
+            return method(self, *args, **kwargs)
+
+        def call() -> T:
+            local.depth = getattr(local, "depth", 0) + 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                local.depth -= 1
+
+        return retry(call, attempts=self.retry_attempts, delay=self.retry_delay)
+
+    def create_new_study(self, *args: Any, **kwargs: Any) -> int:
+        return self._retry(RDBStorage.create_new_study, *args, **kwargs)
+
+    def delete_study(self, *args: Any, **kwargs: Any) -> None:
+        return self._retry(RDBStorage.delete_study, *args, **kwargs)
+
+    def set_study_user_attr(self, *args: Any, **kwargs: Any) -> None:
+        return self._retry(RDBStorage.set_study_user_attr, *args, **kwargs)
+
+    def set_study_system_attr(self, *args: Any, **kwargs: Any) -> None:
+        return self._retry(RDBStorage.set_study_system_attr, *args, **kwargs)
+
+    def get_study_id_from_name(self, *args: Any, **kwargs: Any) -> int:
+        return self._retry(RDBStorage.get_study_id_from_name, *args, **kwargs)
+
+    def get_study_name_from_id(self, *args: Any, **kwargs: Any) -> str:
+        return self._retry(RDBStorage.get_study_name_from_id, *args, **kwargs)
+
+    def get_study_directions(self, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(RDBStorage.get_study_directions, *args, **kwargs)
+
+    def get_study_user_attrs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self._retry(RDBStorage.get_study_user_attrs, *args, **kwargs)
+
+    def get_study_system_attrs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self._retry(RDBStorage.get_study_system_attrs, *args, **kwargs)
+
+    def get_all_studies(self, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(RDBStorage.get_all_studies, *args, **kwargs)
+
+    def create_new_trial(self, *args: Any, **kwargs: Any) -> int:
+        return self._retry(RDBStorage.create_new_trial, *args, **kwargs)
+
+    def _create_new_trial(self, *args: Any, **kwargs: Any) -> FrozenTrial:
+        return self._retry(RDBStorage._create_new_trial, *args, **kwargs)
+
+    def set_trial_param(self, *args: Any, **kwargs: Any) -> None:
+        return self._retry(RDBStorage.set_trial_param, *args, **kwargs)
+
+    def _set_trial_param(self, *args: Any, **kwargs: Any) -> None:
+        return self._retry(RDBStorage._set_trial_param, *args, **kwargs)
+
+    def get_trial_param(self, *args: Any, **kwargs: Any) -> float:
+        return self._retry(RDBStorage.get_trial_param, *args, **kwargs)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        first = True
+
+        def attempt(storage: RDBStorage) -> bool:
+            nonlocal first
+            try:
+                return RDBStorage.set_trial_state_values(storage, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retry after a lost acknowledgement finds its own earlier write: success.
+                if first:
+                    raise
+                stored = RDBStorage.get_trial(storage, trial_id)
+                if stored.state == state and (values is None or stored.values == list(values)):
+                    return True
+                raise
+            finally:
+                first = False
+
+        return self._retry(attempt)
+
+    def set_trial_intermediate_value(self, *args: Any, **kwargs: Any) -> None:
+        return self._retry(RDBStorage.set_trial_intermediate_value, *args, **kwargs)
+
+    def set_trial_user_attr(self, *args: Any, **kwargs: Any) -> None:
+        return self._retry(RDBStorage.set_trial_user_attr, *args, **kwargs)
+
+    def set_trial_system_attr(self, *args: Any, **kwargs: Any) -> None:
+        return self._retry(RDBStorage.set_trial_system_attr, *args, **kwargs)
+
+    def get_trial_user_attrs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self._retry(RDBStorage.get_trial_user_attrs, *args, **kwargs)
+
+    def get_trial_system_attrs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self._retry(RDBStorage.get_trial_system_attrs, *args, **kwargs)
+
+    def get_trial_id_from_study_id_trial_number(self, *args: Any, **kwargs: Any) -> int:
+        return self._retry(RDBStorage.get_trial_id_from_study_id_trial_number, *args, **kwargs)
+
+    def get_trial(self, *args: Any, **kwargs: Any) -> FrozenTrial:
+        return self._retry(RDBStorage.get_trial, *args, **kwargs)
+
+    def get_all_trials(self, *args: Any, **kwargs: Any) -> list[FrozenTrial]:
+        return self._retry(RDBStorage.get_all_trials, *args, **kwargs)
+
+    def _get_trials(self, *args: Any, **kwargs: Any) -> list[FrozenTrial]:
+        return self._retry(RDBStorage._get_trials, *args, **kwargs)
+
+    def _get_best_trial_id(self, *args: Any, **kwargs: Any) -> int:
+        return self._retry(RDBStorage._get_best_trial_id, *args, **kwargs)
+
+    def get_best_trial(self, *args: Any, **kwargs: Any) -> FrozenTrial:
+        return self._retry(RDBStorage.get_best_trial, *args, **kwargs)
+
+    def record_heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        return self._retry(RDBStorage.record_heartbeat, *args, **kwargs)
+
+    def _get_stale_trial_ids(self, *args: Any, **kwargs: Any) -> list[int]:
+        return self._retry(RDBStorage._get_stale_trial_ids, *args, **kwargs)
+
+
+# --- opening a storage -----------------------------------------------------------------------
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` with URL passwords and the literal password of ``url`` replaced by ``***``."""
+    text = redact_url(text)
+    try:
+        password = sqlalchemy.engine.make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+def _reason(exc: BaseException, url: str) -> str:
+    """The first line of the innermost database error, without SQLAlchemy's boilerplate."""
+    root = exc
+    for error in _exception_chain(exc):
+        root = error
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.orig is not None:
+            root = error.orig
+            break
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    text = lines[0] if lines else type(root).__name__
+    return _scrub(text, url)
+
+
+def _hint(exc: BaseException, dialect: str, reason: str, url: str) -> str:
+    lowered = reason.lower()
+    if isinstance(exc, sqlalchemy.exc.ArgumentError):
+        return _URL_HINT
+    if dialect == "sqlite":
+        return "check that the directory of the database file exists and is writable"
+    if "database" in lowered and "does not exist" in lowered:
+        database = sqlalchemy.engine.make_url(url).database
+        return f"create the database first, e.g. `createdb {database}`, or fix its name"
+    if "password" in lowered or "authentication" in lowered:
+        return "check the user name and password (e.g. the ${ENV_VAR} the URL names)"
+    return _CONNECT_HINT
+
+
+def _engine_kwargs(url: str, dialect: str, connect_timeout: float) -> dict[str, Any]:
+    if dialect == "sqlite":
+        # Several local processes share one file: wait for a busy database instead of failing.
+        return {"connect_args": {"timeout": 60}}
+    kwargs: dict[str, Any] = {
+        # Connections survive a server restart: each is checked before use and replaced if dead.
+        "pool_pre_ping": True,
+        # A worker needs few connections (the trial loop, the heartbeat, a budget lock); many
+        # workers times a large pool would exhaust the server's max_connections.
+        "pool_size": 2,
+        "max_overflow": 4,
+        "pool_recycle": 1800,
+    }
+    if url.startswith("postgresql+psycopg"):
+        kwargs["connect_args"] = {
+            "connect_timeout": max(1, round(connect_timeout)),
+            "application_name": "tuner",
+            # Notice a vanished server (or a cut network) in about a minute, not two hours.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+    return kwargs
+
+
+_RDB_PARAMETERS = inspect.signature(RDBStorage.__init__).parameters
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    failed_trial_callback: FailedTrialCallback | None = None,
+    connect_timeout: float = 10.0,
+    retry_attempts: int = DEFAULT_ATTEMPTS,
+) -> RetryingRDBStorage:
+    """Open (and create the tables of) the study database at ``url``.
+
+    ``postgresql://`` URLs use the psycopg 3 driver. Server databases get pre-pinged pooled
+    connections, a connect timeout and TCP keepalives; SQLite gets a 60 s busy timeout so that
+    the workers of one machine can share one file. Every storage call is retried on transient
+    errors (``retry_attempts``; 1 disables retries). ``heartbeat_interval``, ``grace_period``
+    and ``failed_trial_callback`` (called with each stale trial that the heartbeat check fails)
+    go to Optuna's heartbeat mechanism.
+
+    Raises :class:`~tuner.errors.StorageError` when the database cannot be reached or used; its
+    message names the redacted URL, the dialect and the reason, with a hint, never a password.
+
+    >>> storage = open_storage("sqlite:///:memory:")
+    >>> isinstance(storage, optuna.storages.RDBStorage)
+    True
+    """
+    normalized = normalize_url(url)
+    dialect = dialect_of(normalized)
+    kwargs: dict[str, Any] = {
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period,
+    }
+    if failed_trial_callback is not None:
+        # Optuna 4.9 renamed the argument and warns about the old name.
+        name = (
+            "heartbeat_stale_trial_callback"
+            if "heartbeat_stale_trial_callback" in _RDB_PARAMETERS
+            else "failed_trial_callback"
+        )
+        kwargs[name] = failed_trial_callback
+    # Errors are raised outside the ``except`` blocks so that no driver exception is chained to
+    # the StorageError: the message carries a scrubbed summary instead.
+    error: StorageError | None = None
+    try:
+        sqlalchemy.engine.make_url(normalized)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        error = StorageError(
+            f"invalid storage URL {redact_url(url)}: {_scrub(str(exc), url)}",
+            hint=_URL_HINT,
+        )
+    if error is not None:
+        raise error
+    try:
+        with warnings.catch_warnings():
+            # tuner relies on heartbeats on purpose; Optuna flags the argument as experimental.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RetryingRDBStorage(
+                normalized,
+                engine_kwargs=_engine_kwargs(normalized, dialect, connect_timeout),
+                **kwargs,
+            )
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        reason = _reason(exc, url)
+        error = StorageError(
+            f"cannot open the study storage {redact_url(url)} ({dialect}): {reason}",
+            hint=_hint(exc, dialect, reason, url),
+        )
+    except ImportError as exc:
+        error = StorageError(
+            f"cannot open the study storage {redact_url(url)} ({dialect}): "
+            f"its database driver is not installed ({_scrub(str(exc), url)})",
+            hint="install the driver, e.g. `pip install 'psycopg[binary]'` for PostgreSQL",
+        )
+    except RuntimeError as exc:
+        # Optuna's schema version check: the database was written by another Optuna version.
+        error = StorageError(
+            f"cannot use the study storage {redact_url(url)} ({dialect}): {_scrub(str(exc), url)}",
+            hint="run `optuna storage upgrade --storage URL` or use the Optuna version that "
+            "created it",
+        )
+    if error is not None:
+        raise error
+    storage.retry_attempts = retry_attempts
+    return storage
+
+
+# --- the budget lock -------------------------------------------------------------------------
+
+_memory_locks: dict[tuple[str, str], threading.Lock] = {}
+_memory_locks_guard = threading.Lock()
+
+
+def _advisory_key(study_name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_lock``; Python's ``hash`` varies per run."""
+    digest = hashlib.blake2b(f"tuner.budget:{study_name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The database file of an SQLite URL, or None for an in-memory database."""
+    database = sqlalchemy.engine.make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    if database.startswith("file:"):
+        database = database[len("file:") :].split("?", 1)[0]
+    return os.path.abspath(database)
+
+
+@contextlib.contextmanager
+def _postgres_lock(
+    engine: sqlalchemy.engine.Engine, study_name: str, attempts: int
+) -> Iterator[None]:
+    key = _advisory_key(study_name)
+
+    def acquire() -> sqlalchemy.engine.Connection:
+        # A dedicated connection in autocommit mode: the session-level lock is held without an
+        # open transaction, and is released by the server if this process or its link dies.
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        except BaseException:
+            conn.invalidate()
+            conn.close()
+            raise
+        return conn
+
+    conn = retry(acquire, attempts=attempts)
+    try:
+        yield
+    except BaseException:
+        # The lock dies with the connection; invalidating it keeps a possibly still-locked
+        # connection out of the pool.
+        conn.invalidate()
+        conn.close()
+        raise
+    try:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    except sqlalchemy.exc.SQLAlchemyError:
+        conn.invalidate()
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    # flock locks belong to the open file description, so threads and processes of this machine
+    # exclude each other; they do not reach other machines, hence warn_if_sqlite_shared.
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def budget_lock(
+    storage: str | RDBStorage, study_name: str, *, attempts: int = DEFAULT_ATTEMPTS
+) -> Iterator[None]:
+    """Hold the study's budget lock: one holder at a time across processes and machines.
+
+
+    Reserve a trial slot inside it (count the trials, then create one) so that the global budget
+    is exact. ``storage`` is a URL or an ``RDBStorage``; pass the storage to reuse its pool.
+    PostgreSQL uses ``pg_advisory_lock`` on a dedicated connection (acquiring it retries
+    transient errors); the server releases it if the holder dies. An SQLite file uses ``flock``
+    on ``<file>.lock``, one lock for every study in the file (released by the kernel if the
+    holder dies); in-memory SQLite uses a lock of this process.
+
+    >>> with budget_lock("sqlite:///:memory:", "digits-cnn"):
+    ...     pass  # count the finished and running trials, then create one if budget remains
+    """
+    url = storage if isinstance(storage, str) else str(storage.url)
+    url = normalize_url(url)
+    dialect = dialect_of(url)
+    if dialect == "postgresql":
+        if isinstance(storage, RDBStorage):
+            with _postgres_lock(storage.engine, study_name, attempts):
+                yield
+            return
+        engine = sqlalchemy.create_engine(
+            url,
+            poolclass=sqlalchemy.pool.NullPool,
+            connect_args=_engine_kwargs(url, dialect, 10.0).get("connect_args", {}),
+        )
+        try:
+            with _postgres_lock(engine, study_name, attempts):
+                yield
+        finally:
+            engine.dispose()
+    elif dialect == "sqlite":
+        path = _sqlite_path(url)
+        if path is None:
+            with _memory_locks_guard:
+                lock = _memory_locks.setdefault((url, study_name), threading.Lock())
+            with lock:
+                yield
+        else:
+            with _file_lock(path):
+                yield
+    else:
+        raise StorageError(
+            f"budget lock: storage {redact_url(url)} ({dialect}) is not supported",
+            hint="use PostgreSQL for several machines, SQLite for one",
+        )

@@ -1,0 +1,307 @@
+"""Yogi (Zaheer et al. 2018, "Adaptive Methods for Nonconvex Optimization", Algorithm 2).
+
+Laid out like ``torch/optim/adam.py``: the :class:`Yogi` class validates its hyperparameters and
+keeps the state; the functional :func:`yogi` dispatches to a single-tensor or a ``foreach``
+(multi-tensor) implementation, both with one signature.
+
+The update, with Adam-style bias correction as the common ports do (DESIGN §3)::
+
+    g = grad + weight_decay * p                      # coupled, like torch.optim.Adam
+    m = beta1 * m + (1 - beta1) * g                  # m0 = 0
+    v = v - (1 - beta2) * sign(v - g*g) * g*g        # v0 = initial_accumulator
+    p = p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _get_scalar_dtype
+
+__all__ = ["Yogi", "yogi"]
+
+
+class Yogi(Optimizer):
+    """Yogi: Adam whose second moment moves by ``sign(v - g²) · g²`` instead of decaying.
+
+    Adam's ``v`` forgets the past geometrically, so one burst of large gradients inflates it and a
+    quiet stretch shrinks it fast; Yogi's additive update changes ``v`` by at most
+    ``(1 - beta2) · g²`` per step, which keeps the effective learning rate from rising abruptly.
+
+    Args:
+        params: tensors to optimize, or dicts defining parameter groups.
+        lr: learning rate (default 1e-2).
+        betas: decay of the first moment and rate of the second (default (0.9, 0.999)).
+        eps: added to the denominator (default 1e-3, larger than Adam's: Yogi's ``v`` can be tiny).
+        initial_accumulator: starting value of ``v`` (default 1e-6).
+        weight_decay: L2 penalty added to the gradient, as in ``torch.optim.Adam`` (default 0).
+        foreach: use the multi-tensor implementation; ``None`` picks it on CUDA, as torch does.
+        maximize: maximize the objective instead of minimizing it.
+
+    Example::
+
+        >>> model = torch.nn.Linear(4, 1)
+        >>> optimizer = Yogi(model.parameters(), lr=1e-2, weight_decay=1e-4)
+        >>> model(torch.ones(2, 4)).sum().backward()
+        >>> optimizer.step()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-3,
+        initial_accumulator: float = 1e-6,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+    ) -> None:
+        # Written as `not x >= 0` so that NaN fails too.
+        if not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not eps >= 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not initial_accumulator >= 0.0:
+            raise ValueError(f"Invalid initial_accumulator value: {initial_accumulator}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = {
+            "lr": lr,
+            "betas": (float(betas[0]), float(betas[1])),
+            "eps": eps,
+            "initial_accumulator": initial_accumulator,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "maximize": maximize,
+            # Optimizer.__init__ and its helpers read these two keys; Yogi supports neither mode.
+            "differentiable": False,
+            "fused": None,
+        }
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", None)
+
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        state_steps: list[Tensor],
+    ) -> None:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    "Yogi does not support sparse gradients, please consider "
+                    "torch.optim.SparseAdam instead"
+                )
+            if torch.is_complex(p):
+                raise RuntimeError("Yogi does not support complex parameters")
+            params.append(p)
+            grads.append(p.grad)
+            state = self.state[p]
+            if len(state) == 0:
+                # The step count lives on the CPU: reading it as a Python float is free there,
+                # while a device tensor would force a sync on every step.
+                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.full_like(
+                    p, group["initial_accumulator"], memory_format=torch.preserve_format
+                )
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            state_steps.append(state["step"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            exp_avgs: list[Tensor] = []
+            exp_avg_sqs: list[Tensor] = []
+            state_steps: list[Tensor] = []
+            self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, state_steps)
+            beta1, beta2 = group["betas"]
+            yogi(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                state_steps,
+                foreach=group["foreach"],
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                maximize=group["maximize"],
+            )
+        return loss
+
+
+def yogi(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    foreach: bool | None = None,
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    """Functional Yogi: update ``params`` and the state lists in place. See :class:`Yogi`.
+
+    ``state_steps`` holds one scalar tensor per parameter, incremented here.
+
+    Example::
+
+        >>> p, g = torch.zeros(3), torch.ones(3)
+        >>> m, v, t = torch.zeros(3), torch.full((3,), 1e-6), torch.tensor(0.0)
+        >>> yogi([p], [g], [m], [v], [t], beta1=0.9, beta2=0.999, lr=1e-2, eps=1e-3,
+        ...      weight_decay=0.0, maximize=False)
+    """
+    if foreach is None:
+        _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    func = _multi_tensor_yogi if foreach else _single_tensor_yogi
+    func(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        state_steps,
+        beta1=beta1,
+        beta2=beta2,
+        lr=lr,
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
+
+
+def _step_constants(step: float, beta1: float, beta2: float, lr: float, eps: float) -> tuple:
+    """Fold both bias corrections into two Python floats: ``(step_size, eps_hat)``.
+
+    ``lr * (m/bc1) / (sqrt(v/bc2) + eps) == (lr*sqrt(bc2)/bc1) * m / (sqrt(v) + eps*sqrt(bc2))``,
+    so the denominator needs one sqrt and one add instead of Adam's sqrt, divide and add: one
+    fewer pass over memory per step, for the same value up to rounding.
+    """
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+    return -lr * bias_correction2_sqrt / bias_correction1, eps * bias_correction2_sqrt
+
+
+def _single_tensor_yogi(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    for param, grad, exp_avg, exp_avg_sq, step_t in zip(
+        params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True
+    ):
+        grad = -grad if maximize else grad
+        if weight_decay != 0:
+            grad = grad.add(param, alpha=weight_decay)
+        step_t += 1
+        step_size, eps_hat = _step_constants(step_t.item(), beta1, beta2, lr, eps)
+
+        exp_avg.lerp_(grad, 1 - beta1)
+        grad_sq = grad * grad
+        sign = (grad_sq - exp_avg_sq).sign_()
+        exp_avg_sq.addcmul_(sign, grad_sq, value=-(1 - beta2))
+        denom = exp_avg_sq.sqrt().add_(eps_hat)
+        param.addcdiv_(exp_avg, denom, value=step_size)
+
+
+def _multi_tensor_yogi(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    if not params:
+        return
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_sqs, state_steps]  # type: ignore[list-item]
+    )
+    for tensors, _ in grouped.values():
+        device_params, device_grads, device_exp_avgs, device_exp_avg_sqs, device_steps = (
+            cast(list[Tensor], t) for t in tensors
+        )
+        # The user's .grad tensors are never written: negation and weight decay make a copy.
+        if maximize:
+            device_grads = torch._foreach_neg(device_grads)
+            if weight_decay != 0:
+                torch._foreach_add_(device_grads, device_params, alpha=weight_decay)
+        elif weight_decay != 0:
+            device_grads = torch._foreach_add(device_grads, device_params, alpha=weight_decay)
+
+        # One tensor holding 1.0 avoids wrapping the scalar again for each step tensor.
+        torch._foreach_add_(device_steps, torch.tensor(1.0), alpha=1.0)
+        steps = {step.item() for step in device_steps}
+        step_sizes: float | list[float]
+        eps_hats: float | list[float]
+        if len(steps) == 1:
+            # The usual case, every tensor at the same step: scalar arguments take the faster
+            # foreach kernels (a list of scalars costs an extra pass on CPU).
+            step_sizes, eps_hats = _step_constants(steps.pop(), beta1, beta2, lr, eps)
+        else:
+            constants = [_step_constants(s.item(), beta1, beta2, lr, eps) for s in device_steps]
+            step_sizes = [c[0] for c in constants]
+            eps_hats = [c[1] for c in constants]
+
+        torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - beta1)
+        grad_sq = torch._foreach_mul(device_grads, device_grads)
+        scratch = torch._foreach_sub(device_exp_avg_sqs, grad_sq)
+        torch._foreach_sign_(scratch)
+        torch._foreach_addcmul_(device_exp_avg_sqs, scratch, grad_sq, value=-(1 - beta2))
+        del grad_sq
+        denom = torch._foreach_sqrt(device_exp_avg_sqs)
+        torch._foreach_add_(denom, eps_hats)
+        torch._foreach_addcdiv_(device_params, device_exp_avgs, denom, step_sizes)  # type: ignore[arg-type]

@@ -1,0 +1,316 @@
+"""The background flusher: one thread that owns the tracking client and sends queued operations.
+
+The trial's thread only appends to a deque (a few microseconds, no lock, no I/O). The flusher
+wakes every ``interval`` seconds (or at once on ``flush``/``finish``), sends what accumulated in
+order, merging each run's metrics into batches, and on a transient failure keeps everything
+queued and backs off. Past ``max_queued`` operations new metric points are dropped (counted,
+warned once): run creations, ends, params and tags are never dropped, so the run layout survives
+a long outage and ``tuner sync`` can backfill the curves from the study database.
+
+Every operation is marked done once sent, so a retry after a partial failure resends nothing that
+already arrived (run creation, the one non-idempotent call, also guards itself).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tuner.storage import redact_url
+
+__all__ = ["CallOp", "Flusher", "MetricsOp", "PermanentError", "RunHandle"]
+
+_log = logging.getLogger("tuner.tracking")
+
+
+class PermanentError(Exception):
+    """Raised by a send function for an operation that can never succeed (dropped, not retried)."""
+
+
+class RunHandle:
+    """A run whose id the flusher learns in the background; recorders refer to it meanwhile."""
+
+    __slots__ = ("failed", "run_id")
+
+    def __init__(self, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        # Set when the run could not be created for good: its later operations are dropped.
+        self.failed = False
+
+
+class MetricsOp:
+    """One ``log(metrics, step)`` call, stamped at enqueue time (so a resend is idempotent)."""
+
+    __slots__ = ("done", "handle", "metrics", "seq", "step", "timestamp_ms")
+
+    def __init__(
+        self, seq: int, handle: RunHandle, metrics: dict[str, Any], step: int, ts: int
+    ) -> None:
+        self.seq = seq
+        self.handle = handle
+        self.metrics = metrics
+        self.step = step
+        self.timestamp_ms = ts
+        self.done = False
+
+
+class CallOp:
+    """A structural operation (create a run, set tags, end a run, log an artifact)."""
+
+    __slots__ = ("done", "fn", "handle", "seq", "what")
+
+    def __init__(
+        self, seq: int, handle: RunHandle | None, fn: Callable[[], None], what: str
+    ) -> None:
+        self.seq = seq
+        self.handle = handle
+        self.fn = fn
+        self.what = what
+        self.done = False
+
+
+Op = MetricsOp | CallOp
+
+
+class Flusher:
+    """Owns the queue and the thread that drains it.
+
+    ``send_metrics(handle, ops)`` sends a run's metric ops (in batches it chooses) and raises on
+    failure; ``is_transient(exc)`` says whether a failure is worth retrying; ``probe()``, when
+    given, is a cheap reachability check made before each round so that an unreachable server
+    costs a refused connection, not the tracking client's own long retry loop.
+    """
+
+    def __init__(
+        self,
+        send_metrics: Callable[[RunHandle, list[MetricsOp]], None],
+        *,
+        is_transient: Callable[[BaseException], bool],
+        probe: Callable[[], bool] | None = None,
+        max_queued: int = 100_000,
+        interval: float = 0.2,
+        max_backoff: float = 15.0,
+        ops_per_round: int = 20_000,
+    ) -> None:
+        self._send_metrics = send_metrics
+        self._is_transient = is_transient
+        self._probe = probe
+        self._max_queued = max_queued
+        self._interval = interval
+        self._max_backoff = max_backoff
+        self._ops_per_round = ops_per_round
+        # deque.append and len are atomic under the GIL: the hot path needs no lock. Producers
+        # append to the inbox; only the flusher pops it (under _progress) into its own list.
+        self._queue: collections.deque[Op] = collections.deque()
+        self._pending: collections.deque[Op] = collections.deque()
+        self._head_seq: int | None = None  # oldest unsent op the flusher holds, under _progress
+        self._seq = itertools.count()
+        self._wake = threading.Event()
+        self._progress = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.dropped_metrics = 0  # metric points refused at the cap
+        self.lost_ops = 0  # operations dropped after a permanent failure
+        self._lost_seen = 0
+        self._warned_cap = False
+        self._last_error: str | None = None
+
+    # -- producer side (any thread) ---------------------------------------------------------
+
+    def put_metrics(self, handle: RunHandle, metrics: dict[str, Any], step: int) -> None:
+        """Queue one ``log`` call; drop it (counted) when the queue is full or closed."""
+        if len(self._queue) + len(self._pending) >= self._max_queued or self._closing:
+            self._drop_metrics()
+            return
+        op = MetricsOp(next(self._seq), handle, dict(metrics), step, time.time_ns() // 1_000_000)
+        self._queue.append(op)
+        if self._thread is None:
+            self._start()
+
+    def put_call(
+        self, handle: RunHandle | None, fn: Callable[[], None], what: str, *, wake: bool = False
+    ) -> None:
+        """Queue a structural operation; these are never dropped for space."""
+        if self._closing:
+            self.lost_ops += 1
+            _log.warning("tracking: %s after close, not sent", what)
+            return
+        self._queue.append(CallOp(next(self._seq), handle, fn, what))
+        if self._thread is None:
+            self._start()
+        if wake:
+            self._wake.set()
+
+    def _drop_metrics(self) -> None:
+        self.dropped_metrics += 1
+        if not self._warned_cap:
+            self._warned_cap = True
+            _log.warning(
+                "tracking: %d operations queued (tracking backend unreachable?): dropping new "
+                "metric points until it drains; `tuner sync` backfills reported values later",
+                len(self._queue),
+            )
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the operations queued before this call to be sent.
+
+        Returns True when they were all delivered and nothing was dropped since the last flush.
+        """
+        target = next(self._seq)
+        deadline = time.monotonic() + max(0.0, timeout)
+        self._wake.set()
+        with self._progress:
+            while not self._drained_up_to(target):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                    break
+                self._progress.wait(min(left, 0.5))
+            drained = self._drained_up_to(target)
+        lost = self.lost_ops + self.dropped_metrics
+        clean = lost == self._lost_seen
+        self._lost_seen = lost
+        return drained and clean
+
+    def _drained_up_to(self, target: int) -> bool:
+        # Called under _progress: the flusher moves ops from the inbox only under it too.
+        head = self._head_seq
+        if head is not None and head <= target:
+            return False
+        return not self._queue or self._queue[0].seq > target
+
+    @property
+    def pending(self) -> int:
+        """Operations still queued (not yet sent)."""
+        with self._progress:
+            return len(self._queue) + sum(1 for op in self._pending if not op.done)
+
+    @property
+    def last_error(self) -> str | None:
+        """The last send failure, redacted, or None once sends succeed again."""
+        return self._last_error
+
+    def close(self, timeout: float) -> bool:
+        """Flush (bounded), then stop the thread. Returns True if everything was delivered."""
+        delivered = self.flush(timeout)
+        self._closing = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        return delivered
+
+    # -- the flusher thread -----------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tuner-tracking-flusher", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        delay = self._interval
+        backoff = self._interval
+        while True:
+            self._wake.wait(timeout=delay)
+            self._wake.clear()
+            if self._closing:
+                return
+            if not self._queue and not self._pending:
+                delay = self._interval
+                continue
+            ok = self._round()
+            if ok:
+                backoff = delay = self._interval
+            else:
+                backoff = min(self._max_backoff, backoff * 2)
+                delay = backoff
+
+    def _round(self) -> bool:
+        """Send one round of queued ops in order. False on a transient failure (retry later)."""
+        with self._progress:
+            while self._queue and len(self._pending) < self._ops_per_round:
+                self._pending.append(self._queue.popleft())
+            self._head_seq = self._pending[0].seq if self._pending else None
+        try:
+            if self._probe is not None and not self._probe():
+                self._note_failure("tracking server unreachable")
+                return False
+            self._send(list(self._pending))
+        except Exception as exc:  # the flusher must survive anything a backend raises
+            if not self._is_transient(exc):
+                _log.exception("tracking: unexpected error in the flusher")
+            self._note_failure(f"{type(exc).__name__}: {exc}")
+            return False
+        finally:
+            with self._progress:
+                while self._pending and self._pending[0].done:
+                    self._pending.popleft()
+                self._head_seq = self._pending[0].seq if self._pending else None
+                self._progress.notify_all()
+        if self._last_error is not None:
+            _log.warning("tracking: backend reachable again, sending queued data")
+            self._last_error = None
+        return True
+
+    def _note_failure(self, message: str) -> None:
+        message = redact_url(message)
+        if self._last_error is None:
+            _log.warning("tracking: send failed, will retry with backoff: %s", message)
+        self._last_error = message
+
+    def _send(self, ops: list[Op]) -> None:
+        # Per run, order matters (create < metrics < end); across runs it does not. So metrics
+        # accumulate per run and go out just before that run's next structural op.
+        batches: dict[RunHandle, list[MetricsOp]] = {}
+        for op in ops:
+            if op.done:
+                continue
+            if isinstance(op, MetricsOp):
+                batches.setdefault(op.handle, []).append(op)
+                continue
+            if op.handle is not None and op.handle in batches:
+                self._send_batch(op.handle, batches.pop(op.handle))
+            self._call(op)
+        for handle, batch in batches.items():
+            self._send_batch(handle, batch)
+
+    def _send_batch(self, handle: RunHandle, batch: list[MetricsOp]) -> None:
+        if handle.failed or handle.run_id is None:
+            # Creation failed for good (a never-created run cannot get points).
+            self._give_up(batch, "metrics for a run that could not be created")
+            return
+        try:
+            self._send_metrics(handle, batch)
+        except Exception as exc:
+            if self._is_transient(exc):
+                raise
+            self._give_up(batch, f"metrics rejected: {exc}")
+            return
+        for op in batch:
+            op.done = True
+
+    def _call(self, op: CallOp) -> None:
+        if op.handle is not None and op.handle.failed:
+            self._give_up([op], op.what)
+            return
+        try:
+            op.fn()
+        except Exception as exc:
+            if self._is_transient(exc):
+                raise
+            self._give_up([op], f"{op.what}: {exc}")
+            return
+        op.done = True
+
+    def _give_up(self, ops: list[Op], why: str) -> None:
+        self.lost_ops += len(ops)
+        _log.warning("tracking: dropped %d operation(s): %s", len(ops), redact_url(str(why)))
+        for op in ops:
+            op.done = True

@@ -1,0 +1,257 @@
+"""``tuner sync``: backfill MLflow from the study database, the source of truth.
+
+For every finished trial of the Optuna study, the child run under the study's parent run is
+created if missing, or completed if the tracker could not deliver all of it (run still RUNNING,
+a missing outcome, a status that disagrees with the study, missing params or curve points).
+Runs are matched by the tag ``tuner.trial_number`` (or the name ``trial-<number>``), so running
+sync twice creates nothing the second time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import optuna
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.tracking._base import OUTCOME_STATUS, PARENT_RUN_ATTR, flatten_params, safe_text
+from tuner.tracking._mlflow import (
+    ensure_experiment,
+    log_artifacts,
+    log_entities,
+    make_client,
+    open_parent_run,
+    terminate_run,
+    to_metric,
+)
+
+__all__ = ["SyncReport", "sync_study"]
+
+_log = logging.getLogger("tuner.tracking")
+
+_STATE_OUTCOME = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "failed",
+}
+# Optuna user attrs written by the runner (read when present).
+_CONFIG_ATTR = "tuner:config"
+_OUTCOME_ATTR = "tuner:outcome"
+_HOST_ATTR = "tuner:worker_host"
+_DEVICE_ATTR = "tuner:device"
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What :func:`sync_study` did: runs created, runs completed, runs already whole.
+
+    ``skipped`` counts trials still running or waiting in the study (nothing final to sync).
+    """
+
+    parent_run_id: str
+    created: int = 0
+    completed: int = 0
+    already_ok: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """One trial as MLflow should show it, derived from the study database."""
+
+    number: int
+    params: dict[str, str]
+    tags: dict[str, str]
+    status: str
+    points: dict[int, float]  # step -> value of the study metric, closing value included
+    reported: frozenset[int]  # the steps the trial reported
+    start_ms: int | None
+    end_ms: int | None
+
+
+def sync_study(
+    study: optuna.Study,
+    tracking_uri: str,
+    *,
+    experiment: str,
+    metric: str,
+    parent_run_id: str | None = None,
+    study_yaml_text: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    client: MlflowClient | None = None,
+) -> SyncReport:
+    """Create or complete the child run of every finished trial of ``study``; idempotent.
+
+    ``metric`` names the study's metric (intermediate values and the final value go there).
+    ``parent_run_id`` defaults to the id kept in the study's user attrs; when there is none
+    (tracking was off) a parent run is created and its id stored there, so a second sync finds
+    it.
+
+    >>> report = sync_study(study, "sqlite:///mlflow.db", experiment="digits",
+    ...                     metric="val_accuracy")  # doctest: +SKIP
+    >>> report.created, report.completed, report.already_ok  # doctest: +SKIP
+    (60, 0, 0)
+    """
+    client = client or make_client(tracking_uri)
+    experiment_id = ensure_experiment(client, experiment, tracking_uri)
+    known = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
+    parent = open_parent_run(
+        client,
+        experiment_id=experiment_id,
+        study_name=study.study_name,
+        existing_run_id=known,
+        tags=dict(tags or {}),
+        reopen=False,
+    )
+    if parent != known:
+        study.set_user_attr(PARENT_RUN_ATTR, parent)
+    if study_yaml_text is not None:
+        log_artifacts(client, parent, {"study.yaml": study_yaml_text})
+
+    children = _children_by_number(client, experiment_id, parent)
+    created = completed = already_ok = skipped = 0
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state not in _STATE_OUTCOME:
+            skipped += 1
+            continue
+        expected = _expected(trial, metric)
+        run = children.get(trial.number)
+        if run is None:
+            _create(client, experiment_id, parent, expected, metric)
+            created += 1
+        elif _complete(client, run, expected, metric):
+            completed += 1
+        else:
+            already_ok += 1
+    _log.info(
+        "sync: %d run(s) created, %d completed, %d already complete, %d trial(s) still running",
+        created,
+        completed,
+        already_ok,
+        skipped,
+    )
+    return SyncReport(parent, created, completed, already_ok, skipped)
+
+
+def _children_by_number(client: MlflowClient, experiment_id: str, parent: str) -> dict[int, Run]:
+    children: dict[int, Run] = {}
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'",
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            number = _trial_number(run)
+            # Of duplicates (should not exist), keep the one that got furthest.
+            if number is not None and (
+                number not in children or children[number].info.status == "RUNNING"
+            ):
+                children[number] = run
+        token = page.token
+        if not token:
+            return children
+
+
+def _trial_number(run: Run) -> int | None:
+    text = run.data.tags.get("tuner.trial_number")
+    if text is None and (run.info.run_name or "").startswith("trial-"):
+        text = run.info.run_name.removeprefix("trial-")
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _ms(when: object) -> int | None:
+    return int(when.timestamp() * 1000) if when is not None else None  # type: ignore[attr-defined]
+
+
+def _expected(trial: FrozenTrial, metric: str) -> _Expected:
+    outcome = trial.user_attrs.get(_OUTCOME_ATTR) or _STATE_OUTCOME[trial.state]
+    if outcome not in OUTCOME_STATUS:
+        outcome = _STATE_OUTCOME[trial.state]
+    config = trial.user_attrs.get(_CONFIG_ATTR)
+    params = flatten_params(config if isinstance(config, Mapping) else trial.params)
+    tags = {"tuner.trial_number": str(trial.number), "tuner.outcome": outcome}
+    if trial.duration is not None:
+        tags["tuner.duration_s"] = f"{trial.duration.total_seconds():.3f}"
+    if "optimizer" in params:
+        tags["tuner.optimizer"] = params["optimizer"]
+    for attr, tag in ((_HOST_ATTR, "tuner.worker_host"), (_DEVICE_ATTR, "tuner.device")):
+        if attr in trial.user_attrs:
+            tags[tag] = safe_text(trial.user_attrs[attr])
+    points = {int(step): float(value) for step, value in trial.intermediate_values.items()}
+    reported = frozenset(points)
+    if trial.value is not None:
+        # The objective's value closes the curve: one step after the last report, unless it
+        # is that report.
+        last = max(points, default=-1)
+        if last < 0 or points[last] != trial.value:
+            points[last + 1] = float(trial.value)
+    return _Expected(
+        number=trial.number,
+        params=params,
+        tags=tags,
+        status=OUTCOME_STATUS[outcome],
+        points=points,
+        reported=reported,
+        start_ms=_ms(trial.datetime_start),
+        end_ms=_ms(trial.datetime_complete),
+    )
+
+
+def _log_points(
+    client: MlflowClient, run_id: str, metric: str, points: Mapping[int, float], ts: int
+) -> None:
+    metrics = [m for step, v in sorted(points.items()) if (m := to_metric(metric, v, ts, step))]
+    log_entities(client, run_id, metrics=metrics)
+
+
+def _create(
+    client: MlflowClient, experiment_id: str, parent: str, expected: _Expected, metric: str
+) -> None:
+    run = client.create_run(
+        experiment_id,
+        start_time=expected.start_ms,
+        tags={MLFLOW_PARENT_RUN_ID: parent, **expected.tags, "tuner.synced": "true"},
+        run_name=f"trial-{expected.number}",
+    )
+    run_id = run.info.run_id
+    log_entities(client, run_id, params=expected.params)
+    _log_points(client, run_id, metric, expected.points, expected.start_ms or 0)
+    terminate_run(client, run_id, expected.status, expected.end_ms)
+
+
+def _complete(client: MlflowClient, run: Run, expected: _Expected, metric: str) -> bool:
+    """Bring an existing run in line with the study; True if anything had to change.
+
+    A run counts as whole when it has every param, the outcome the study records, its status
+    and a point for every reported step (the closing value is optional: the live tracker may
+    not log it).
+    """
+    run_id = run.info.run_id
+    # Params cannot change value in MLflow: add only the missing ones.
+    params = {k: v for k, v in expected.params.items() if k not in run.data.params}
+    outcome_wrong = run.data.tags.get("tuner.outcome") != expected.tags["tuner.outcome"]
+    status_wrong = run.info.status != expected.status
+    have = {m.step for m in client.get_metric_history(run_id, metric)} if expected.points else set()
+    missing_reports = any(step not in have for step in expected.reported)
+    if not (params or outcome_wrong or status_wrong or missing_reports):
+        return False
+    tags = {k: v for k, v in expected.tags.items() if k not in run.data.tags}
+    tags["tuner.outcome"] = expected.tags["tuner.outcome"]
+    log_entities(client, run_id, params=params, tags={**tags, "tuner.synced": "true"})
+    missing = {s: v for s, v in expected.points.items() if s not in have}
+    if missing:
+        _log_points(client, run_id, metric, missing, expected.start_ms or 0)
+    if status_wrong:
+        terminate_run(client, run_id, expected.status, expected.end_ms)
+    return True
