@@ -70,14 +70,14 @@ def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
     from tuner.tracking import make_tracker
 
     workers = study_file.workers
+    tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
     storage = open_storage(
         study_file.storage,
         heartbeat_interval=workers.heartbeat_interval,
         grace_period=workers.grace_period,
-        failed_trial_callback=_retry_stale_trials(),
+        failed_trial_callback=_retry_stale_trials(tracker),
     )
     study = open_study(study_file, storage)
-    tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
     existing = study.user_attrs.get(ATTR.PARENT_RUN)
     parent = tracker.open_study(
         study_name=study_file.name,
@@ -97,14 +97,23 @@ def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
     return study, tracker
 
 
-def _retry_stale_trials() -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    """Optuna's callback that queues a trial lost with its worker again, same parameters."""
+def _retry_stale_trials(
+    tracker: Tracker,
+) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """The callback for a trial lost with its worker: queue it again with the same parameters,
+    and close its MLflow run as KILLED (no recorder of the dead worker will ever end it)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-        if retry is None:  # optuna < 4.9
-            retry = optuna.storages.RetryFailedTrialCallback
-        return retry(max_retry=3)
+        retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        if retry_cls is None:  # optuna < 4.9
+            retry_cls = optuna.storages.RetryFailedTrialCallback
+        retry = retry_cls(max_retry=3)
+
+    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retry(study, trial)
+        tracker.kill_trial(trial.number, reason="its worker stopped sending heartbeats")
+
+    return on_stale
 
 
 def launch(

@@ -21,16 +21,15 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from tuner.errors import ConfigError
-from tuner.storage import budget_lock, redact_url
+from tuner.storage import DEFAULT_ATTEMPTS, budget_lock, redact_url, retry
 from tuner.trial import Trial, TrialDiverged
 
 if TYPE_CHECKING:
@@ -40,9 +39,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTR",
     "OUTCOMES",
+    "TrialHeartbeat",
     "TrialResult",
     "Worker",
     "open_study",
+    "set_user_attrs",
     "trial_seed",
 ]
 
@@ -128,6 +129,7 @@ class Worker:
     poll_interval: float = 1.0
     _in_objective: bool = field(default=False, repr=False)
     _interrupted: bool = field(default=False, repr=False)
+    _next_stale_check: float = field(default=0.0, repr=False)
 
     def run(self) -> str:
         """Run trials until the budget, the timeout or the failure limit ends the study.
@@ -142,7 +144,7 @@ class Worker:
                     raise KeyboardInterrupt
                 if self.deadline is not None and time.time() >= self.deadline:
                     return "timeout"
-                fail_stale_trials(self.study)
+                self._check_stale()
                 reserved = self._reserve()
                 if self._interrupted and isinstance(reserved, str):
                     raise KeyboardInterrupt
@@ -178,11 +180,11 @@ class Worker:
         budget = self.study_file.budget
         while True:
             with budget_lock(_rdb(self.study) or self.study_file.storage, self.study.study_name):
+                counts, failed = _budget_counts(self.study)
                 # Interrupted trials and those lost with a dead worker are retried, so only
                 # the objective's own failures count toward max_failures.
-                if count_outcome(self.study, "failed") >= budget.max_failures:
+                if failed >= budget.max_failures:
                     return "failures"
-                counts = count_states(self.study)
                 finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
                 running = counts.get(TrialState.RUNNING, 0)
                 if finished >= budget.trials:
@@ -191,7 +193,7 @@ class Worker:
                 if counts.get(TrialState.WAITING, 0) or finished + running < budget.trials:
                     with warnings.catch_warnings():
                         # Optuna warns that heartbeats are meant for Study.optimize; this loop
-                        # runs them itself (get_heartbeat_thread around each trial).
+                        # runs them itself (a TrialHeartbeat around each trial).
                         warnings.filterwarnings("ignore", "Heartbeat of storage")
                         return self.study.ask()
             # The rest of the budget is running elsewhere. Stay until those trials finish: one
@@ -200,25 +202,46 @@ class Worker:
                 return "stopped"
             if self.deadline is not None and time.time() >= self.deadline:
                 return "timeout"
-            fail_stale_trials(self.study)
+            self._check_stale()
+
+    def _check_stale(self) -> None:
+        """``fail_stale_trials``, at most once per heartbeat interval.
+
+        A dead worker's trial turns stale only ``grace_period`` after its last heartbeat, so
+        looking more often than worker heartbeats arrive finds nothing new; with trials of a few
+        milliseconds the check would otherwise cost a query per trial.
+        """
+        now = time.monotonic()
+        if now < self._next_stale_check:
+            return
+        fail_stale_trials(self.study)
+        interval = getattr(self.study._storage, "get_heartbeat_interval", lambda: None)()
+        self._next_stale_check = now + (interval if interval else self.poll_interval)
 
     def _run_trial(self, ot: optuna.Trial) -> TrialResult:
         from tuner.space import sample_config
 
         started = time.monotonic()
         sf = self.study_file
-        ot.set_user_attr(ATTR.HOST, self.host)
-        ot.set_user_attr(ATTR.WORKER, f"{self.host}/{os.getpid()}")
-        ot.set_user_attr(ATTR.DEVICE, self.device_tag or self.device)
         recorder = None
         outcome, value, reason, tb = "complete", None, None, None
         diverged_step: int | None = None
         trial: Trial | None = None
-        heartbeat = get_heartbeat_thread(ot._trial_id, self.study._storage)
+        # Where the trial runs goes with its first heartbeat, in one commit from the heartbeat
+        # thread, while this thread samples: a worker that dies from here on leaves a trial
+        # that the stale check fails and retries.
+        heartbeat = TrialHeartbeat(
+            ot,
+            {
+                ATTR.HOST: self.host,
+                ATTR.WORKER: f"{self.host}/{os.getpid()}",
+                ATTR.DEVICE: self.device_tag or self.device,
+            },
+        )
         heartbeat.start()
         try:
             config = sample_config(ot, sf.search)
-            ot.set_user_attr(ATTR.CONFIG, config.to_dict())
+            set_user_attrs(ot, {ATTR.CONFIG: config.to_dict()})
             recorder = self.tracker.start_trial(
                 number=ot.number,
                 params=_flat_params(config.to_dict()),
@@ -266,7 +289,7 @@ class Worker:
             tb = redact_url(traceback.format_exc())
             del exc
         finally:
-            heartbeat.join()
+            heartbeat.stop()
 
         duration = time.monotonic() - started
         self._record(ot, trial, outcome, value, reason, tb, diverged_step, duration)
@@ -295,12 +318,12 @@ class Worker:
         diverged_step: int | None,
         duration: float,
     ) -> None:
-        ot.set_user_attr(ATTR.OUTCOME, outcome)
-        ot.set_user_attr(ATTR.DURATION, round(duration, 3))
+        attrs: dict[str, Any] = {ATTR.OUTCOME: outcome, ATTR.DURATION: round(duration, 3)}
         if reason:
-            ot.set_user_attr(ATTR.REASON, reason[:2000])
+            attrs[ATTR.REASON] = reason[:2000]
         if tb:
-            ot.set_user_attr(ATTR.TRACEBACK, tb[-8000:])
+            attrs[ATTR.TRACEBACK] = tb[-8000:]
+        set_user_attrs(ot, attrs)
         if outcome == "complete":
             self.study.tell(ot, value)
         elif outcome == "pruned":
@@ -317,6 +340,139 @@ class Worker:
             if outcome == "interrupted":
                 # The same configuration runs again when the study resumes.
                 self.study.enqueue_trial(ot.params, user_attrs={ATTR.RETRY_OF: ot.number})
+
+
+def set_user_attrs(ot: optuna.Trial, attrs: Mapping[str, Any], *, heartbeat: bool = False) -> None:
+    """Set several user attributes of the running trial ``ot`` in one transaction.
+
+    ``Trial.set_user_attr`` commits once per key, and on SQLite each commit is a file sync: a
+    trial's bookkeeping (where it runs, its configuration, its outcome) would cost more than
+    the sampler's own writes. With ``heartbeat`` the trial's heartbeat is recorded in the same
+    commit. Transient errors are retried; every write is an upsert, so a retry after a lost
+    acknowledgement is harmless.
+
+    >>> study = optuna.create_study()
+    >>> trial = study.ask()
+    >>> set_user_attrs(trial, {"tuner:device": "cpu", "tuner:worker_host": "node1"})
+    >>> trial.user_attrs["tuner:device"]
+    'cpu'
+    """
+    storage = _rdb(ot.study)
+    if storage is None:
+        for key, value in attrs.items():
+            ot.set_user_attr(key, value)
+        if heartbeat and _heartbeat_interval(ot.study) is not None:
+            ot.study._storage.record_heartbeat(ot._trial_id)
+        return
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    trial_id = ot._trial_id
+
+    def write() -> None:
+        session = storage.scoped_session()
+        try:
+            for key, value in attrs.items():
+                # Optuna's own upsert for each dialect; it refuses a finished trial.
+                storage._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial_id, key, value
+                )
+            if heartbeat:
+                beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
+                if beat is None:  # the server's clock stamps it, as record_heartbeat does
+                    session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+                else:
+                    beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    retry(write, attempts=getattr(storage, "retry_attempts", DEFAULT_ATTEMPTS))
+    # Trial.user_attrs reads Optuna's per-trial cache, which set_user_attr keeps current.
+    cached = getattr(ot, "_cached_frozen_trial", None)
+    if cached is not None:
+        cached.user_attrs.update(attrs)
+
+
+class TrialHeartbeat:
+    """Heartbeats of one running trial from a background thread, as Optuna's heartbeat thread.
+
+    The first beat also writes ``attrs`` (where the trial runs) in the same commit, so that a
+    trial costs one commit less per attribute; it runs while the caller samples the trial's
+    configuration. Then a beat every ``heartbeat_interval`` seconds until :meth:`stop`. Without
+    heartbeats in the storage, ``start`` writes ``attrs`` and nothing else runs.
+    """
+
+    def __init__(self, ot: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+        self._trial = ot
+        self._attrs = dict(attrs)
+        self._interval = _heartbeat_interval(ot.study)
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._interval is None:
+            set_user_attrs(self._trial, self._attrs)
+            return
+        self._thread = threading.Thread(
+            target=self._beat, name=f"tuner-heartbeat-{self._trial.number}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating; returns once the last write is done (the trial can then be told)."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        assert self._interval is not None
+        number, storage = self._trial.number, self._trial.study._storage
+        try:
+            set_user_attrs(self._trial, self._attrs, heartbeat=True)
+        except Exception as exc:  # the next beat tries again; never kill the trial for it
+            log.warning("trial %d: recording its first heartbeat failed: %s", number, exc)
+        while not self._stopped.wait(self._interval):
+            try:
+                storage.record_heartbeat(self._trial._trial_id)
+            except Exception as exc:
+                log.warning("trial %d: recording a heartbeat failed: %s", number, exc)
+
+
+def _heartbeat_interval(study: optuna.Study) -> int | None:
+    getter = getattr(study._storage, "get_heartbeat_interval", None)
+    return getter() if getter is not None else None
+
+
+def _budget_counts(study: optuna.Study) -> tuple[dict[TrialState, int], int]:
+    """Trials by state and the objective's own failures: one query per reservation.
+
+    Both are counted in the database, never by loading trials, so the cost stays flat as the
+    study grows; the failures are looked up among the study's FAIL trials only.
+    """
+    storage = _rdb(study)
+    if storage is None:
+        return count_states(study), count_outcome(study, "failed")
+    from sqlalchemy import text
+
+    query = text(
+        "SELECT state, COUNT(*), ("
+        "SELECT COUNT(*) FROM trials f JOIN trial_user_attributes a ON a.trial_id = f.trial_id "
+        "WHERE f.study_id = :sid AND f.state = 'FAIL' AND a.key = :key AND a.value_json = :val"
+        ") FROM trials WHERE study_id = :sid GROUP BY state"
+    )
+    params = {"sid": study._study_id, "key": ATTR.OUTCOME, "val": json.dumps("failed")}
+
+    def count() -> list[Any]:
+        with storage.engine.connect() as conn:
+            return list(conn.execute(query, params).all())
+
+    rows = retry(count, attempts=getattr(storage, "retry_attempts", DEFAULT_ATTEMPTS))
+    counts = {TrialState[str(state).split(".")[-1]]: n for state, n, _ in rows}
+    return counts, int(rows[0][2]) if rows else 0
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:

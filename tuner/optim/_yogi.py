@@ -245,7 +245,7 @@ def _single_tensor_yogi(
 
         exp_avg.lerp_(grad, 1 - beta1)
         grad_sq = grad * grad
-        sign = (grad_sq - exp_avg_sq).sign_()
+        sign = (exp_avg_sq - grad_sq).sign_()
         exp_avg_sq.addcmul_(sign, grad_sq, value=-(1 - beta2))
         denom = exp_avg_sq.sqrt().add_(eps_hat)
         param.addcdiv_(exp_avg, denom, value=step_size)
@@ -297,11 +297,13 @@ def _multi_tensor_yogi(
             eps_hats = [c[1] for c in constants]
 
         torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - beta1)
-        grad_sq = torch._foreach_mul(device_grads, device_grads)
-        scratch = torch._foreach_sub(device_exp_avg_sqs, grad_sq)
+        # One scratch list serves the whole second-moment update, g² is never stored:
+        # scratch = sign(v - g·g) · g, then v -= (1 - beta2) · scratch · g.
+        scratch = torch._foreach_addcmul(device_exp_avg_sqs, device_grads, device_grads, value=-1)
         torch._foreach_sign_(scratch)
-        torch._foreach_addcmul_(device_exp_avg_sqs, scratch, grad_sq, value=-(1 - beta2))
-        del grad_sq
+        torch._foreach_mul_(scratch, device_grads)
+        torch._foreach_addcmul_(device_exp_avg_sqs, scratch, device_grads, value=-(1 - beta2))
+        del scratch
         denom = torch._foreach_sqrt(device_exp_avg_sqs)
         torch._foreach_add_(denom, eps_hats)
         torch._foreach_addcdiv_(device_params, device_exp_avgs, denom, step_sizes)  # type: ignore[arg-type]

@@ -155,6 +155,14 @@ class Tracker(Protocol):
         """Queue the parent run's end (status FINISHED); ``open_study`` reopens it on resume."""
         ...
 
+    def kill_trial(self, number: int, *, reason: str | None = None) -> None:
+        """Queue the end of trial ``number``'s child run as KILLED, outcome ``interrupted``.
+
+        For a trial whose worker died: another process found it stale, so no recorder of its
+        own will ever finish the run. A run that already ended is left alone.
+        """
+        ...
+
     def flush(self, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds for what was queued so far; True if all was sent."""
         ...
@@ -212,6 +220,9 @@ class NullTracker:
         """Do nothing."""
 
     def end_study(self) -> None:
+        """Do nothing."""
+
+    def kill_trial(self, number: int, *, reason: str | None = None) -> None:
         """Do nothing."""
 
     def flush(self, timeout: float) -> bool:

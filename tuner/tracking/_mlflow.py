@@ -235,9 +235,33 @@ def log_artifacts(client: MlflowClient, run_id: str, artifacts: Mapping[str, str
             if isinstance(content, bytes):
                 path.write_bytes(content)
             else:
-                path.write_text(redact_url(content), encoding="utf-8")
+                path.write_text(redact_keeping_references(content), encoding="utf-8")
             parent = rel.parent.as_posix()
             client.log_artifact(run_id, str(path), artifact_path=None if parent == "." else parent)
+
+
+# A ${VAR} that is a URL's whole password: after "user:", right before "@".
+_PASSWORD_REFERENCE = re.compile(r"(?<=:)\$\{[A-Za-z_][A-Za-z0-9_]*\}(?=@)")
+
+
+def redact_keeping_references(text: str) -> str:
+    """:func:`redact_url`, except that a ``${VAR}`` written as a password stays as written.
+
+    A study file names its secrets by reference; the reference is no secret and tells a reader
+    of the artifact which variable to set.
+
+    >>> redact_keeping_references("postgresql://u:${PGPW}@db/t sqlite://u:pw@db x://u:p${X}@h")
+    'postgresql://u:${PGPW}@db/t sqlite://u:***@db x://u:***@h'
+    """
+    references: list[str] = []
+
+    def hide(match: re.Match[str]) -> str:
+        references.append(match.group(0))
+        # A whitespace-delimited token: never part of a password as redact_url matches one.
+        return f"\x1f{len(references) - 1}\x1f"
+
+    redacted = redact_url(_PASSWORD_REFERENCE.sub(hide, text))
+    return re.sub("\x1f(\\d+)\x1f", lambda m: references[int(m.group(1))], redacted)
 
 
 def terminate_run(client: MlflowClient, run_id: str, status: str, end_time: int | None) -> None:
@@ -489,8 +513,42 @@ class MlflowTracker:
             wake=True,
         )
 
+    def kill_trial(self, number: int, *, reason: str | None = None) -> None:
+        """Queue the end of trial ``number``'s child run as KILLED (its worker died mid-trial).
+
+        The run was made by the dead worker's tracker, so it is found by its tags under the
+        parent run. Only a RUNNING run is ended; when none exists (the dead worker never
+        delivered it) there is nothing to close, and ``tuner sync`` creates it as KILLED.
+        """
+        end_ms = _now_ms()
+        tags = {"tuner.outcome": "interrupted"}
+        if reason:
+            tags["tuner.reason"] = reason
+
+        def kill() -> None:
+            parent = self._need(self._parent)
+            runs = self._client.search_runs(
+                [self._experiment_id or ""],
+                filter_string=(
+                    f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' "
+                    f"AND tags.`tuner.trial_number` = '{int(number)}' "
+                    "AND attributes.status = 'RUNNING'"
+                ),
+                max_results=10,
+            )
+            for run in runs:
+                log_entities(self._client, run.info.run_id, tags=tags)
+                terminate_run(self._client, run.info.run_id, OUTCOME_STATUS["interrupted"], end_ms)
+            if not runs:
+                _log.info("tracking: trial %d has no running MLflow run to close", number)
+
+        self._flusher.put_call(self._parent, kill, f"end run trial-{number} as KILLED", wake=True)
+
     def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for what was queued; True if all of it reached MLflow."""
+        """Wait up to ``timeout`` s for what was queued; True if all of it reached MLflow.
+
+        Gives up early once a send fails (the backend is down): the data stays queued.
+        """
         return self._flusher.flush(timeout)
 
     def close(self, timeout: float = 30.0) -> None:

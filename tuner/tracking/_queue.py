@@ -120,6 +120,10 @@ class Flusher:
         self._lost_seen = 0
         self._warned_cap = False
         self._last_error: str | None = None
+        # Rounds started, and the last one that failed: a flush gives up once a round it
+        # waited for failed (the backend is down; waiting longer only stalls the trial).
+        self._rounds = 0
+        self._failed_round = 0
 
     # -- producer side (any thread) ---------------------------------------------------------
 
@@ -157,18 +161,24 @@ class Flusher:
                 len(self._queue),
             )
 
-    def flush(self, timeout: float) -> bool:
+    def flush(self, timeout: float, *, give_up_when_down: bool = True) -> bool:
         """Wait up to ``timeout`` s for the operations queued before this call to be sent.
 
+        With ``give_up_when_down`` the wait ends early once a send round started after this
+        call has failed: the backend is unreachable, and a trial's end should not stall for
+        the whole timeout on every trial of an outage (the data stays queued and is retried).
         Returns True when they were all delivered and nothing was dropped since the last flush.
         """
         target = next(self._seq)
+        first_round = self._rounds + 1
         deadline = time.monotonic() + max(0.0, timeout)
         self._wake.set()
         with self._progress:
             while not self._drained_up_to(target):
                 left = deadline - time.monotonic()
                 if left <= 0 or self._thread is None or not self._thread.is_alive():
+                    break
+                if give_up_when_down and self._failed_round >= first_round:
                     break
                 self._progress.wait(min(left, 0.5))
             drained = self._drained_up_to(target)
@@ -196,8 +206,12 @@ class Flusher:
         return self._last_error
 
     def close(self, timeout: float) -> bool:
-        """Flush (bounded), then stop the thread. Returns True if everything was delivered."""
-        delivered = self.flush(timeout)
+        """Flush (bounded), then stop the thread. Returns True if everything was delivered.
+
+        Unlike a trial's flush, this one waits out the whole ``timeout`` through failures: it is
+        the last chance to deliver what is queued.
+        """
+        delivered = self.flush(timeout, give_up_when_down=False)
         self._closing = True
         self._wake.set()
         if self._thread is not None:
@@ -235,18 +249,20 @@ class Flusher:
     def _round(self) -> bool:
         """Send one round of queued ops in order. False on a transient failure (retry later)."""
         with self._progress:
+            self._rounds += 1
+            this_round = self._rounds
             while self._queue and len(self._pending) < self._ops_per_round:
                 self._pending.append(self._queue.popleft())
             self._head_seq = self._pending[0].seq if self._pending else None
         try:
             if self._probe is not None and not self._probe():
-                self._note_failure("tracking server unreachable")
+                self._note_failure("tracking server unreachable", this_round)
                 return False
             self._send(list(self._pending))
         except Exception as exc:  # the flusher must survive anything a backend raises
             if not self._is_transient(exc):
                 _log.exception("tracking: unexpected error in the flusher")
-            self._note_failure(f"{type(exc).__name__}: {exc}")
+            self._note_failure(f"{type(exc).__name__}: {exc}", this_round)
             return False
         finally:
             with self._progress:
@@ -259,7 +275,8 @@ class Flusher:
             self._last_error = None
         return True
 
-    def _note_failure(self, message: str) -> None:
+    def _note_failure(self, message: str, round_number: int) -> None:
+        self._failed_round = round_number
         message = redact_url(message)
         if self._last_error is None:
             _log.warning("tracking: send failed, will retry with backoff: %s", message)

@@ -44,6 +44,9 @@ _CONFIG_ATTR = "tuner:config"
 _OUTCOME_ATTR = "tuner:outcome"
 _HOST_ATTR = "tuner:worker_host"
 _DEVICE_ATTR = "tuner:device"
+_WORKER_ATTR = "tuner:worker"
+# Optuna's retry callbacks list, on each retry, the numbers of the trials it replaces.
+_RETRIED_ATTR = "retry_history"
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,13 @@ def sync_study(
 
     children = _children_by_number(client, experiment_id, parent)
     created = completed = already_ok = skipped = 0
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried_numbers(trials)
+    for trial in trials:
         if trial.state not in _STATE_OUTCOME:
             skipped += 1
             continue
-        expected = _expected(trial, metric)
+        expected = _expected(trial, metric, retried)
         run = children.get(trial.number)
         if run is None:
             _create(client, experiment_id, parent, expected, metric)
@@ -174,10 +179,33 @@ def _ms(when: object) -> int | None:
     return int(when.timestamp() * 1000) if when is not None else None  # type: ignore[attr-defined]
 
 
-def _expected(trial: FrozenTrial, metric: str) -> _Expected:
-    outcome = trial.user_attrs.get(_OUTCOME_ATTR) or _STATE_OUTCOME[trial.state]
+def _lost_with_its_worker(trial: FrozenTrial, retried: frozenset[int]) -> bool:
+    """A failed trial that a tuner worker started but never ended: its worker died.
+
+    The runner records an outcome before it ends any trial, so a FAIL without one was failed
+    by another process's heartbeat check (which also queued its retry).
+    """
+    if trial.state != TrialState.FAIL or _OUTCOME_ATTR in trial.user_attrs:
+        return False
+    started_by_worker = _HOST_ATTR in trial.user_attrs or _WORKER_ATTR in trial.user_attrs
+    return started_by_worker or trial.number in retried
+
+
+def _retried_numbers(trials: list[FrozenTrial]) -> frozenset[int]:
+    """Numbers of the trials that Optuna's stale-trial callback queued again."""
+    numbers: set[int] = set()
+    for t in trials:
+        history = t.system_attrs.get(_RETRIED_ATTR)
+        if isinstance(history, list):
+            numbers.update(n for n in history if isinstance(n, int))
+    return frozenset(numbers)
+
+
+def _expected(trial: FrozenTrial, metric: str, retried: frozenset[int] = frozenset()) -> _Expected:
+    outcome = trial.user_attrs.get(_OUTCOME_ATTR)
     if outcome not in OUTCOME_STATUS:
-        outcome = _STATE_OUTCOME[trial.state]
+        lost = _lost_with_its_worker(trial, retried)
+        outcome = "interrupted" if lost else _STATE_OUTCOME[trial.state]
     config = trial.user_attrs.get(_CONFIG_ATTR)
     params = flatten_params(config if isinstance(config, Mapping) else trial.params)
     tags = {"tuner.trial_number": str(trial.number), "tuner.outcome": outcome}

@@ -1,0 +1,275 @@
+"""What MLflow tracking costs a study: tuner's tracking next to no tracking and Optuna's callback.
+
+One study of ``--trials`` trials, ``--reports`` reports per trial, no-op training, SQLite study
+storage, run four ways in one process:
+
+- (a) tuner, tracking off;
+- (b) tuner, tracking to a local SQLite MLflow store;
+- (c) tuner, tracking to a real ``mlflow server`` on loopback;
+- (d) raw Optuna (``study.optimize``, the equivalent search space) with optuna-integration's
+  ``MLflowCallback`` to a local SQLite MLflow store (it logs each trial's final value only).
+
+Arms (a)-(c) run through tuner's real code path, ``tuner.launch.launch`` on a study file. To be
+fair on a noisy machine the arms alternate: each study is grown in ``--rounds`` steps (a resume,
+as ``tuner launch --trials`` does) and the order of the arms rotates every round. Printed: wall
+time per arm, the ratios against the targets ((b), (c) <= 1.3x (a); (b) faster than (d)), and
+the in-process cost of one ``trial.report`` in (b) and (c), p50 and p99, whole (Optuna's own
+storage write included) and the tracking share alone (the recorder's ``log``).
+
+    python benchmarks/tracking.py [--trials 200] [--reports 20] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import tempfile
+import textwrap
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.mlflow_server import MlflowServer
+
+TARGET_RATIO = 1.3
+OBJECTIVE_MODULE = "tuner_bench_tracking_obj"
+
+# The objective the tuner arms run: no training, ``reports`` reports per trial. It times each
+# ``trial.report`` whole, and the recorder's ``log`` inside it (the tracking share), into SAMPLES.
+OBJECTIVE = textwrap.dedent(
+    """
+    import time
+
+    SAMPLES = {"report": [], "log": []}
+
+
+    class TimedRecorder:
+        def __init__(self, inner):
+            self.inner = inner
+
+        @property
+        def run_id(self):
+            return self.inner.run_id
+
+        def log(self, metrics, step):
+            t0 = time.perf_counter()
+            self.inner.log(metrics, step)
+            SAMPLES["log"].append(time.perf_counter() - t0)
+
+        def finish(self, outcome, *, tags=None):
+            self.inner.finish(outcome, tags=tags)
+
+
+    def objective(trial):
+        if trial.recorder is not None:
+            trial.recorder = TimedRecorder(trial.recorder)
+        lr = float(trial.config.to_dict()["lr"])
+        value = 1.0
+        for step in range(int(trial.params["reports"])):
+            value = lr * (step + 1) ** -0.5
+            t0 = time.perf_counter()
+            trial.report(value, step=step)
+            SAMPLES["report"].append(time.perf_counter() - t0)
+        return value
+    """
+)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The ``q`` quantile of ``samples`` (nearest rank)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class TunerArm:
+    """One of arms (a)-(c): a study file in its own folder, grown by ``tuner.launch.launch``."""
+
+    def __init__(self, name: str, root: Path, tracking_uri: str, reports: int) -> None:
+        self.name = name
+        self.wall = 0.0
+        self.report_costs: list[float] = []
+        self.log_costs: list[float] = []
+        folder = root / name
+        folder.mkdir()
+        self.path = folder / "study.yaml"
+        doc = {
+            "name": f"bench-{name}",
+            "objective": f"{OBJECTIVE_MODULE}:objective",
+            "direction": "minimize",
+            "metric": "loss",
+            "budget": {"trials": 1, "epochs": reports},
+            "storage": f"sqlite:///{folder / 'study.db'}",
+            "sampler": {"name": "random", "seed": 0},
+            "pruner": {"name": "none"},
+            "search": {"optimizers": {"adam": {}, "sgd": {}}, "schedules": ["constant"]},
+            "params": {"reports": reports},
+            "mlflow": {"tracking_uri": tracking_uri, "experiment": f"bench-{name}"},
+            "workers": {"devices": ["cpu"]},
+        }
+        self.path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def run_to(self, trials: int) -> None:
+        """Resume the study up to ``trials`` finished trials; add the time and the samples."""
+        from tuner.launch import launch
+        from tuner.studyfile import load_study_file, with_overrides
+
+        samples = importlib.import_module(OBJECTIVE_MODULE).SAMPLES
+        samples["report"].clear()
+        samples["log"].clear()
+        t0 = time.perf_counter()
+        study_file = with_overrides(load_study_file(self.path), trials=trials, timeout=None)
+        launch(study_file, echo=lambda _: None)
+        self.wall += time.perf_counter() - t0
+        self.report_costs += samples["report"]
+        self.log_costs += samples["log"]
+
+
+class OptunaArm:
+    """Arm (d): ``study.optimize`` with optuna-integration's ``MLflowCallback``."""
+
+    def __init__(self, root: Path, tracking_uri: str, reports: int) -> None:
+        import optuna
+        from optuna_integration.mlflow import MLflowCallback
+
+        self.name = "optuna"
+        self.wall = 0.0
+        self.report_costs: list[float] = []
+        self.log_costs: list[float] = []
+        self.reports = reports
+        folder = root / self.name
+        folder.mkdir()
+        t0 = time.perf_counter()
+        self.study = optuna.create_study(
+            study_name="bench-optuna",
+            storage=f"sqlite:///{folder / 'study.db'}",
+            sampler=optuna.samplers.RandomSampler(seed=0),
+            pruner=optuna.pruners.NopPruner(),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the callback is deprecated (and experimental)
+            self.callback = MLflowCallback(
+                tracking_uri=tracking_uri,
+                metric_name="loss",
+            )
+        self.wall += time.perf_counter() - t0
+
+    def objective(self, trial: Any) -> float:
+        """The equivalent search space (an optimizer, its learning rate), no training."""
+        optimizer = trial.suggest_categorical("optimizer", ["adam", "sgd"])
+        lr = trial.suggest_float(f"{optimizer}.lr", 1e-5, 1.0, log=True)
+        value = 1.0
+        for step in range(self.reports):
+            value = lr * (step + 1) ** -0.5
+            t0 = time.perf_counter()
+            trial.report(value, step)
+            self.report_costs.append(time.perf_counter() - t0)
+        return value
+
+    def run_to(self, trials: int) -> None:
+        """Run trials until the study has ``trials``; add the time."""
+        t0 = time.perf_counter()
+        missing = trials - len(self.study.trials)
+        if missing > 0:
+            self.study.optimize(self.objective, n_trials=missing, callbacks=[self.callback])
+        self.wall += time.perf_counter() - t0
+
+
+def quiet_logs() -> None:
+    """Keep the per-trial chatter of Optuna, MLflow and alembic out of the figures' output."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("alembic", "mlflow", "tuner"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the four arms side by side and print the figures; exit 1 if a target is missed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--reports", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=4, help="alternate the arms this often")
+    args = parser.parse_args(argv)
+    quiet_logs()
+
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-tracking-") as tmp:
+        root = Path(tmp)
+        (root / f"{OBJECTIVE_MODULE}.py").write_text(OBJECTIVE)
+        sys.path.insert(0, str(root))
+        server = MlflowServer(root / "mlflow-server")
+        print("starting mlflow server ...", flush=True)
+        server.start()
+        try:
+            arms: list[TunerArm | OptunaArm] = [
+                TunerArm("off", root, "off", args.reports),
+                TunerArm("local", root, f"sqlite:///{root / 'local-mlflow.db'}", args.reports),
+                TunerArm("server", root, server.url, args.reports),
+                OptunaArm(root, f"sqlite:///{root / 'optuna-mlflow.db'}", args.reports),
+            ]
+            warm_up(arms)
+            for r in range(args.rounds):
+                target = round(args.trials * (r + 1) / args.rounds)
+                order = arms[r % len(arms) :] + arms[: r % len(arms)]
+                for arm in order:
+                    arm.run_to(target)
+                print(f"round {r + 1}/{args.rounds}: {target} trials per arm", flush=True)
+        finally:
+            server.stop()
+    return report(arms, args.trials, args.reports)
+
+
+def warm_up(arms: list[TunerArm | OptunaArm]) -> None:
+    """One untimed trial per arm: imports, schema creation and the server's first requests."""
+    for arm in arms:
+        arm.run_to(1)
+        arm.wall = 0.0
+        arm.report_costs.clear()
+        arm.log_costs.clear()
+
+
+def report(arms: list[TunerArm | OptunaArm], trials: int, reports: int) -> int:
+    """Print wall times, ratios against the targets and per-report costs; 0 if targets hold."""
+    off, local, server, optuna_arm = arms
+    labels = {
+        off: "(a) tuner, tracking off",
+        local: "(b) tuner -> local SQLite store",
+        server: "(c) tuner -> mlflow server",
+        optuna_arm: "(d) Optuna + MLflowCallback",
+    }
+    print(f"\n{trials} trials x {reports} reports, no-op training, SQLite study storage")
+    for arm in arms:
+        per_trial = arm.wall / trials * 1000
+        print(f"  {labels[arm]:<34} {arm.wall:8.2f} s  ({per_trial:6.1f} ms/trial)")
+    checks: list[tuple[str, float, Callable[[float], bool], str]] = [
+        ("(b)/(a)", local.wall / off.wall, lambda x: x <= TARGET_RATIO, f"<= {TARGET_RATIO}"),
+        ("(c)/(a)", server.wall / off.wall, lambda x: x <= TARGET_RATIO, f"<= {TARGET_RATIO}"),
+        ("(b)/(d)", local.wall / optuna_arm.wall, lambda x: x < 1.0, "< 1.0"),
+    ]
+    ok = True
+    print("ratios:")
+    for name, value, passes, target in checks:
+        ok &= passes(value)
+        print(f"  {name} = {value:5.2f}  target {target:<7} {'ok' if passes(value) else 'MISSED'}")
+    print("in-process cost of one trial.report (p50 / p99):")
+    for arm in arms:
+        whole = arm.report_costs
+        line = f"  {labels[arm]:<34} whole {percentile(whole, 0.5) * 1e3:7.3f} / "
+        line += f"{percentile(whole, 0.99) * 1e3:7.3f} ms"
+        if arm.log_costs:
+            line += f"   tracking share {percentile(arm.log_costs, 0.5) * 1e6:6.1f} / "
+            line += f"{percentile(arm.log_costs, 0.99) * 1e6:6.1f} us"
+            line += f" (max {max(arm.log_costs) * 1e3:.2f} ms, n={len(arm.log_costs)})"
+        print(line)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
