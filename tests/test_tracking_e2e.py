@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -274,11 +275,18 @@ def test_server_stopped_mid_study_then_sync_holds_every_trial_once(
     try:
 
         def finished() -> int:
+            # Plain reads: opening the storage here would race the launch creating its tables.
+            if results and results[0].exit_code != 0:
+                raise AssertionError(results[0].output + repr(results[0].exception))
+            assert launch.is_alive() or results, "the launch thread died"
             try:
-                study = load(path)
-            except KeyError:
+                with sqlite3.connect(path.parent / "study.db", timeout=30) as db:
+                    (n,) = db.execute(
+                        "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED', 'FAIL')"
+                    ).fetchone()
+            except sqlite3.OperationalError:  # no tables yet
                 return 0
-            return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+            return int(n)
 
         wait_for(lambda: finished() >= 2, 180, "two trials before the outage")
         server.stop()

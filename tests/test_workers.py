@@ -115,7 +115,7 @@ def test_a_worker_killed_mid_trial_is_detected_and_its_trial_retried(
     killed = study.trials[killed_number]
     assert killed.state == TrialState.FAIL
     assert "tuner:outcome" not in killed.user_attrs  # it never finished: lost with its worker
-    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed._trial_id]
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retries) == 1
     assert retries[0].state == TrialState.COMPLETE
     assert retries[0].params == killed.params

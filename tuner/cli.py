@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +58,11 @@ def _setup_logging(quiet: bool = False) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # MLflow and its migrations announce table creation at INFO; users need none of that.
+    # MLflow sets its logger's level when it is imported (lazily, later), from this variable.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     logger = logging.getLogger("tuner")
     for old in [h for h in logger.handlers if getattr(h, "tuner_cli", False)]:
         logger.removeHandler(old)
@@ -159,7 +165,9 @@ def status(study_path: Path) -> None:
 
     _setup_logging()
     study_file = _load(study_path)
-    study = _load_existing_study(study_file)
+    study = _load_existing_study(study_file, heartbeats=True)
+    # A trial whose worker died is failed here and queued again, so nothing stays RUNNING
+    # even when no worker is left; `tuner sync` then closes its MLflow run as KILLED.
     fail_stale_trials(study)
     click.echo(summarize(study, budget=study_file.budget.trials).format())
 
@@ -298,12 +306,17 @@ def sync(study_path: Path) -> None:
     )
 
 
-def _load_existing_study(study_file: Any) -> Any:
+def _load_existing_study(study_file: Any, *, heartbeats: bool = False) -> Any:
     import optuna
 
+    from tuner.launch import open_study_storage
     from tuner.storage import open_storage
+    from tuner.tracking import NullTracker
 
-    storage = open_storage(study_file.storage)
+    if heartbeats:
+        storage = open_study_storage(study_file, NullTracker())
+    else:
+        storage = open_storage(study_file.storage)
     try:
         return optuna.load_study(study_name=study_file.name, storage=storage)
     except KeyError:

@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     from tuner.studyfile import StudyFile
     from tuner.tracking import Tracker
 
-__all__ = ["Slot", "launch", "open_session", "resolve_slots", "run_worker"]
+__all__ = [
+    "Slot",
+    "launch",
+    "open_session",
+    "open_study_storage",
+    "resolve_slots",
+    "run_worker",
+]
 
 log = logging.getLogger("tuner")
 
@@ -66,18 +73,11 @@ def resolve_slots(devices: str | list[str], per_device: int) -> list[Slot]:
 
 def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
     """Open the storage, the study (created or resumed) and the tracker with its parent run."""
-    from tuner.storage import dialect_of, open_storage
+    from tuner.storage import dialect_of
     from tuner.tracking import make_tracker
 
-    workers = study_file.workers
     tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
-    storage = open_storage(
-        study_file.storage,
-        heartbeat_interval=workers.heartbeat_interval,
-        grace_period=workers.grace_period,
-        failed_trial_callback=_retry_stale_trials(tracker),
-    )
-    study = open_study(study_file, storage)
+    study = open_study(study_file, open_study_storage(study_file, tracker))
     existing = study.user_attrs.get(ATTR.PARENT_RUN)
     parent = tracker.open_study(
         study_name=study_file.name,
@@ -95,6 +95,19 @@ def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
     if parent is not None and parent != existing:
         study.set_user_attr(ATTR.PARENT_RUN, parent)
     return study, tracker
+
+
+def open_study_storage(study_file: StudyFile, tracker: Tracker) -> optuna.storages.BaseStorage:
+    """The study database with heartbeats on: a trial whose worker went silent for
+    ``workers.grace_period`` is failed, queued again, and its MLflow run closed as KILLED."""
+    from tuner.storage import open_storage
+
+    return open_storage(
+        study_file.storage,
+        heartbeat_interval=study_file.workers.heartbeat_interval,
+        grace_period=study_file.workers.grace_period,
+        failed_trial_callback=_retry_stale_trials(tracker),
+    )
 
 
 def _retry_stale_trials(

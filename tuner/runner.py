@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import json
 import logging
 import math
@@ -48,6 +49,24 @@ __all__ = [
 ]
 
 log = logging.getLogger("tuner")
+
+
+def _find_private_tell() -> Callable[..., Any] | None:
+    """Optuna's internal tell (what ``Study.tell`` and ``Study.optimize`` call), if it has the
+    expected signature; else None and the public ``Study.tell`` is used."""
+    try:
+        from optuna.study._tell import _tell_with_warning
+    except ImportError:  # pragma: no cover - another Optuna layout
+        return None
+    wanted = {"study", "trial", "value_or_values", "state"}
+    return (
+        _tell_with_warning
+        if wanted <= set(inspect.signature(_tell_with_warning).parameters)
+        else None
+    )
+
+
+_PRIVATE_TELL = _find_private_tell()
 
 
 class ATTR:
@@ -227,9 +246,8 @@ class Worker:
         outcome, value, reason, tb = "complete", None, None, None
         diverged_step: int | None = None
         trial: Trial | None = None
-        # Where the trial runs goes with its first heartbeat, in one commit from the heartbeat
-        # thread, while this thread samples: a worker that dies from here on leaves a trial
-        # that the stale check fails and retries.
+        # Where the trial runs goes with its first heartbeat, in one commit, before sampling: a
+        # worker that dies from here on leaves a trial that the stale check fails and retries.
         heartbeat = TrialHeartbeat(
             ot,
             {
@@ -241,7 +259,7 @@ class Worker:
         heartbeat.start()
         try:
             config = sample_config(ot, sf.search)
-            set_user_attrs(ot, {ATTR.CONFIG: config.to_dict()})
+            heartbeat.write_soon({ATTR.CONFIG: config.to_dict()})
             recorder = self.tracker.start_trial(
                 number=ot.number,
                 params=_flat_params(config.to_dict()),
@@ -289,10 +307,10 @@ class Worker:
             tb = redact_url(traceback.format_exc())
             del exc
         finally:
-            heartbeat.stop()
+            unwritten = heartbeat.stop()
 
         duration = time.monotonic() - started
-        self._record(ot, trial, outcome, value, reason, tb, diverged_step, duration)
+        self._record(ot, trial, outcome, value, reason, tb, diverged_step, duration, unwritten)
         if recorder is not None:
             recorder.finish(outcome, tags={"tuner.duration_s": f"{duration:.3f}"})
             self.tracker.flush(timeout=10.0)
@@ -302,7 +320,7 @@ class Worker:
                 "trial %d failed: %s (traceback kept in the study database)", ot.number, reason
             )
         elif outcome == "diverged":
-            log.info("trial %d diverged: %s", ot.number, reason)
+            log.debug("trial %d diverged: %s", ot.number, reason)
         if outcome == "interrupted":
             raise KeyboardInterrupt
         return TrialResult(ot.number, outcome, value, reason, duration)
@@ -317,26 +335,32 @@ class Worker:
         tb: str | None,
         diverged_step: int | None,
         duration: float,
+        unwritten: Mapping[str, Any],
     ) -> None:
-        attrs: dict[str, Any] = {ATTR.OUTCOME: outcome, ATTR.DURATION: round(duration, 3)}
+        # The outcome and whatever the heartbeat thread had not written yet: one commit.
+        attrs: dict[str, Any] = {
+            **unwritten,
+            ATTR.OUTCOME: outcome,
+            ATTR.DURATION: round(duration, 3),
+        }
         if reason:
             attrs[ATTR.REASON] = reason[:2000]
         if tb:
             attrs[ATTR.TRACEBACK] = tb[-8000:]
         set_user_attrs(ot, attrs)
         if outcome == "complete":
-            self.study.tell(ot, value)
+            _tell(self.study, ot, value)
         elif outcome == "pruned":
-            self.study.tell(ot, state=TrialState.PRUNED)
+            _tell(self.study, ot, state=TrialState.PRUNED)
         elif outcome == "diverged":
             # A pruned trial whose last intermediate value is NaN ranks worst for TPE, so the
             # sampler learns to avoid the region instead of ignoring a failure.
             if diverged_step is None:
                 last = trial.last_step if trial is not None else None
                 ot.report(float("nan"), 0 if last is None else last + 1)
-            self.study.tell(ot, state=TrialState.PRUNED)
+            _tell(self.study, ot, state=TrialState.PRUNED)
         else:
-            self.study.tell(ot, state=TrialState.FAIL)
+            _tell(self.study, ot, state=TrialState.FAIL)
             if outcome == "interrupted":
                 # The same configuration runs again when the study resumes.
                 self.study.enqueue_trial(ot.params, user_attrs={ATTR.RETRY_OF: ot.number})
@@ -358,37 +382,49 @@ def set_user_attrs(ot: optuna.Trial, attrs: Mapping[str, Any], *, heartbeat: boo
     'cpu'
     """
     storage = _rdb(ot.study)
-    if storage is None:
+    if storage is None or storage.engine.dialect.name not in ("sqlite", "postgresql"):
         for key, value in attrs.items():
             ot.set_user_attr(key, value)
         if heartbeat and _heartbeat_interval(ot.study) is not None:
             ot.study._storage.record_heartbeat(ot._trial_id)
         return
-    import sqlalchemy
     from optuna.storages._rdb import models
+    from sqlalchemy import func, select
 
+    if storage.engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
     trial_id = ot._trial_id
+    trials = models.TrialModel.__table__
+    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
 
     def write() -> None:
-        session = storage.scoped_session()
-        try:
-            for key, value in attrs.items():
-                # Optuna's own upsert for each dialect; it refuses a finished trial.
-                storage._set_trial_attr_without_commit(
-                    session, models.TrialUserAttributeModel, trial_id, key, value
+        # Statements on Optuna's tables as its own upserts write them, in one transaction: the
+        # trial's state is read once and every attribute goes in one statement.
+        with storage.engine.begin() as conn:
+            state = conn.execute(
+                select(trials.c.state).where(trials.c.trial_id == trial_id)
+            ).scalar_one()
+            storage.check_trial_is_updatable(trial_id, state)  # never touch a finished trial
+            if rows:
+                table = models.TrialUserAttributeModel.__table__
+                upsert = insert(table).values(rows)
+                conn.execute(
+                    upsert.on_conflict_do_update(
+                        index_elements=[table.c.trial_id, table.c.key],
+                        set_={"value_json": upsert.excluded.value_json},
+                    )
                 )
-            if heartbeat:
-                beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
-                if beat is None:  # the server's clock stamps it, as record_heartbeat does
-                    session.add(models.TrialHeartbeatModel(trial_id=trial_id))
-                else:
-                    beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+            if heartbeat:  # stamped by the server's clock, as record_heartbeat does
+                table = models.TrialHeartbeatModel.__table__
+                conn.execute(
+                    insert(table)
+                    .values(trial_id=trial_id, heartbeat=func.now())
+                    .on_conflict_do_update(
+                        index_elements=[table.c.trial_id], set_={"heartbeat": func.now()}
+                    )
+                )
 
     retry(write, attempts=getattr(storage, "retry_attempts", DEFAULT_ATTEMPTS))
     # Trial.user_attrs reads Optuna's per-trial cache, which set_user_attr keeps current.
@@ -398,48 +434,121 @@ def set_user_attrs(ot: optuna.Trial, attrs: Mapping[str, Any], *, heartbeat: boo
 
 
 class TrialHeartbeat:
-    """Heartbeats of one running trial from a background thread, as Optuna's heartbeat thread.
+    """Heartbeats of one running trial, and its bookkeeping writes, off the training path.
 
-    The first beat also writes ``attrs`` (where the trial runs) in the same commit, so that a
-    trial costs one commit less per attribute; it runs while the caller samples the trial's
-    configuration. Then a beat every ``heartbeat_interval`` seconds until :meth:`stop`. Without
-    heartbeats in the storage, ``start`` writes ``attrs`` and nothing else runs.
+    ``start`` records the first heartbeat together with ``attrs`` (where the trial runs) in
+    one commit, before anything else happens to the trial: from then on a worker that dies
+    leaves a trial that the stale check fails and retries. A background thread then beats
+    every ``heartbeat_interval`` seconds, as Optuna's heartbeat thread does.
+
+    :meth:`write_soon` hands it attributes that may wait a moment (the sampled configuration):
+    the thread writes them ``delay`` seconds later, while the objective runs; if the trial ends
+    first, :meth:`stop` returns them for the caller to write with the outcome. A trial shorter
+    than ``delay`` thus costs one commit less, which is where per-trial overhead matters.
+    Without heartbeats in the storage every write happens at once.
     """
 
-    def __init__(self, ot: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    def __init__(self, ot: optuna.Trial, attrs: Mapping[str, Any], *, delay: float = 0.2) -> None:
         self._trial = ot
         self._attrs = dict(attrs)
+        self._delay = delay
         self._interval = _heartbeat_interval(ot.study)
-        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._pending: dict[str, Any] = {}
+        self._due = math.inf
+        self._next_beat = math.inf
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Record the first heartbeat and ``attrs`` (one commit), then start beating."""
         if self._interval is None:
             set_user_attrs(self._trial, self._attrs)
             return
+        self._next_beat = time.monotonic() + self._interval
+        try:
+            set_user_attrs(self._trial, self._attrs, heartbeat=True)
+        except Exception as exc:  # retried transient errors already; the thread tries again
+            log.warning(
+                "trial %d: recording its first heartbeat failed: %s", self._trial.number, exc
+            )
+            self._pending.update(self._attrs)
+            self._due = self._next_beat = time.monotonic()
         self._thread = threading.Thread(
             target=self._beat, name=f"tuner-heartbeat-{self._trial.number}", daemon=True
         )
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop beating; returns once the last write is done (the trial can then be told)."""
-        self._stopped.set()
+    def write_soon(self, attrs: Mapping[str, Any]) -> None:
+        """Write ``attrs`` in ``delay`` seconds, or leave them to :meth:`stop`'s caller."""
+        if self._thread is None:
+            set_user_attrs(self._trial, attrs)
+            return
+        with self._lock:
+            self._pending.update(attrs)
+            self._due = min(self._due, time.monotonic() + self._delay)
+        self._wake.set()
+
+    def stop(self) -> dict[str, Any]:
+        """Stop beating; returns the attributes not written yet (write them before ``tell``).
+
+        Returns once the thread is done, so no write of it races the caller's next ones.
+        """
+        with self._lock:
+            self._stopping = True
+            left, self._pending = self._pending, {}
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
+        return left
 
     def _beat(self) -> None:
         assert self._interval is not None
         number, storage = self._trial.number, self._trial.study._storage
-        try:
-            set_user_attrs(self._trial, self._attrs, heartbeat=True)
-        except Exception as exc:  # the next beat tries again; never kill the trial for it
-            log.warning("trial %d: recording its first heartbeat failed: %s", number, exc)
-        while not self._stopped.wait(self._interval):
-            try:
-                storage.record_heartbeat(self._trial._trial_id)
-            except Exception as exc:
-                log.warning("trial %d: recording a heartbeat failed: %s", number, exc)
+        next_beat = self._next_beat
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                due = self._due if self._pending else math.inf
+                take: dict[str, Any] = {}
+                if time.monotonic() >= due:
+                    # Claimed under the lock: either this thread writes them or stop() hands
+                    # them back, never both.
+                    take, self._pending, self._due = self._pending, {}, math.inf
+            if take:
+                try:
+                    set_user_attrs(self._trial, take)
+                except Exception as exc:  # bookkeeping must never kill the trial
+                    log.warning("trial %d: recording %s failed: %s", number, sorted(take), exc)
+                continue
+            now = time.monotonic()
+            if now >= next_beat:
+                try:
+                    storage.record_heartbeat(self._trial._trial_id)
+                except Exception as exc:  # the next beat tries again
+                    log.warning("trial %d: recording a heartbeat failed: %s", number, exc)
+                next_beat = time.monotonic() + self._interval
+                continue
+            self._wake.wait(min(next_beat, due) - now)
+            self._wake.clear()
+
+
+def _tell(
+    study: optuna.Study,
+    ot: optuna.Trial,
+    value: float | None = None,
+    state: TrialState | None = None,
+) -> None:
+    """``study.tell`` without reading the finished trial back for a return value nobody uses.
+
+    That read is a query per trial; Optuna's own ``optimize`` calls the same private function.
+    """
+    if _PRIVATE_TELL is None:
+        study.tell(ot, value, state=state)
+    else:
+        _PRIVATE_TELL(study=study, trial=ot, value_or_values=value, state=state)
 
 
 def _heartbeat_interval(study: optuna.Study) -> int | None:

@@ -163,8 +163,13 @@ class Tracker(Protocol):
         """
         ...
 
-    def flush(self, timeout: float) -> bool:
-        """Wait at most ``timeout`` seconds for what was queued so far; True if all was sent."""
+    def flush(self, timeout: float, *, upto: int | None = None) -> bool:
+        """Wait at most ``timeout`` seconds for what was queued so far (or before the ``mark``
+        ``upto``); True if all of it was sent."""
+        ...
+
+    def mark(self) -> int:
+        """A position in the queue: ``flush(upto=mark)`` waits only for what came before it."""
         ...
 
     def close(self, timeout: float = 30.0) -> None:
@@ -225,9 +230,13 @@ class NullTracker:
     def kill_trial(self, number: int, *, reason: str | None = None) -> None:
         """Do nothing."""
 
-    def flush(self, timeout: float) -> bool:
+    def flush(self, timeout: float, *, upto: int | None = None) -> bool:
         """Nothing is ever pending: True."""
         return True
+
+    def mark(self) -> int:
+        """Nothing is ever queued: 0."""
+        return 0
 
     def close(self, timeout: float = 30.0) -> None:
         """Do nothing."""

@@ -544,12 +544,17 @@ class MlflowTracker:
 
         self._flusher.put_call(self._parent, kill, f"end run trial-{number} as KILLED", wake=True)
 
-    def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for what was queued; True if all of it reached MLflow.
+    def flush(self, timeout: float, *, upto: int | None = None) -> bool:
+        """Wait up to ``timeout`` s for what was queued (before the mark ``upto``, if given);
+        True if all of it reached MLflow.
 
         Gives up early once a send fails (the backend is down): the data stays queued.
         """
-        return self._flusher.flush(timeout)
+        return self._flusher.flush(timeout, upto=upto)
+
+    def mark(self) -> int:
+        """A position in the queue, for ``flush(upto=...)``."""
+        return self._flusher.mark()
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush (bounded) and stop the flusher; warn about anything left undelivered."""

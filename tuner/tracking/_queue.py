@@ -161,15 +161,22 @@ class Flusher:
                 len(self._queue),
             )
 
-    def flush(self, timeout: float, *, give_up_when_down: bool = True) -> bool:
+    def mark(self) -> int:
+        """A sequence number later than every operation queued so far."""
+        return next(self._seq)
+
+    def flush(
+        self, timeout: float, *, give_up_when_down: bool = True, upto: int | None = None
+    ) -> bool:
         """Wait up to ``timeout`` s for the operations queued before this call to be sent.
 
         With ``give_up_when_down`` the wait ends early once a send round started after this
         call has failed: the backend is unreachable, and a trial's end should not stall for
         the whole timeout on every trial of an outage (the data stays queued and is retried).
+        With ``upto`` (a :meth:`mark`) it waits only for the operations queued before that mark.
         Returns True when they were all delivered and nothing was dropped since the last flush.
         """
-        target = next(self._seq)
+        target = next(self._seq) if upto is None else upto
         first_round = self._rounds + 1
         deadline = time.monotonic() + max(0.0, timeout)
         self._wake.set()
