@@ -16,6 +16,7 @@
    stay flat: it counts trials in SQL and never loads them.
 
     python benchmarks/scaling.py [--quick] [--workers 1 4 16] [--window 20] [--trials 2000]
+                                 [--sampler tpe|random] [--skip throughput|growth]
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.pgutil import fresh_postgres_database, postgres_unavailable_reason
+from tuner.runner import open_study
+from tuner.storage import open_storage
+from tuner.studyfile import load_study_file
 
 TARGET = 0.9
 SLEEP_S = 2.0
@@ -54,7 +58,9 @@ SEARCH = {
 }
 
 
-def write_study(workdir: Path, url: str, *, trials: int, sleep_s: float) -> Path:
+def write_study(
+    workdir: Path, url: str, *, trials: int, sleep_s: float, sampler: str = "tpe"
+) -> Path:
     (workdir / "obj.py").write_text(
         f"import time\n\ndef objective(trial):\n    time.sleep({sleep_s!r})\n    return 0.0\n"
     )
@@ -65,7 +71,7 @@ def write_study(workdir: Path, url: str, *, trials: int, sleep_s: float) -> Path
         "metric": "loss",
         "budget": {"trials": trials, "epochs": 1},
         "storage": url,
-        "sampler": {"name": "tpe", "seed": 0},
+        "sampler": {"name": sampler, "seed": 0},
         "pruner": {"name": "none"},
         "search": SEARCH,
         "mlflow": {"tracking_uri": "off"},
@@ -91,10 +97,14 @@ def completions_by_worker(url: str) -> dict[str, list[datetime]]:
     return {w: sorted(times) for w, times in out.items()}
 
 
-def throughput(n_workers: int, window_s: float) -> dict[str, float]:
+def throughput(n_workers: int, window_s: float, sampler: str) -> dict[str, float]:
     """Trials per second of ``n_workers`` worker processes in their steady state."""
     with fresh_postgres_database("tuner_bench") as url, tempfile.TemporaryDirectory() as tmp:
-        path = write_study(Path(tmp), url, trials=100_000, sleep_s=SLEEP_S)
+        path = write_study(Path(tmp), url, trials=100_000, sleep_s=SLEEP_S, sampler=sampler)
+        # Tables and study first: workers that all create the schema of an empty database at
+        # once can collide in PostgreSQL's catalog (a known race of concurrent CREATE TABLE).
+        study_file = load_study_file(path)
+        open_study(study_file, open_storage(study_file.storage))
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "tuner", "worker", str(path), "--quiet"],
@@ -142,12 +152,15 @@ def throughput(n_workers: int, window_s: float) -> dict[str, float]:
     }
 
 
-def run_throughput(workers: list[int], window_s: float) -> None:
-    print(f"\n== throughput: trials sleep {SLEEP_S:g} s, PostgreSQL, steady state {window_s:g} s")
+def run_throughput(workers: list[int], window_s: float, sampler: str) -> None:
+    print(
+        f"\n== throughput: trials sleep {SLEEP_S:g} s, {sampler} sampler, PostgreSQL, "
+        f"steady state {window_s:g} s"
+    )
     order = [1, *[n for n in workers if n != 1], 1]
     results: dict[int, list[dict[str, float]]] = {}
     for n in order:
-        r = throughput(n, window_s)
+        r = throughput(n, window_s, sampler)
         results.setdefault(n, []).append(r)
         print(
             f"  {n:>2} workers: {r['rate']:.3f} trials/s (window count {r['window_rate']:.3f}), "
@@ -203,7 +216,6 @@ def run_growth(trials: int) -> None:
     from tuner.launch import open_session
     from tuner.objective import load_objective
     from tuner.runner import Worker
-    from tuner.studyfile import load_study_file
 
     print(f"\n== per-trial time as the study grows: no-op objective, TPE, {trials} trials")
     timers = Timers()
@@ -215,6 +227,16 @@ def run_growth(trials: int) -> None:
     ]
     rows: list[dict[str, float]] = []
     mark = time.perf_counter()
+    half = 10
+    # Each point's figures print as soon as its window (trials point-10 .. point+9) is done,
+    # so a run cut short still reports the points it reached.
+    points = {min(p + half, trials): p for p in checkpoints(trials)}
+    print(
+        f"  ms per trial, mean of trials around each point (+-{half}); sampler = inside "
+        "sample_config (TPE + writes of its parameters), (TPE) = TPE's computation, tuner = "
+        "the rest of the loop (budget lock and counts, heartbeat, records, seeding)"
+    )
+    print(f"  {'trial':>6} {'total':>8} {'sampler':>8} {'(TPE)':>8} {'ask+tell':>9} {'tuner':>8}")
 
     def trial_ended(result: object) -> None:
         nonlocal mark
@@ -222,8 +244,17 @@ def run_growth(trials: int) -> None:
         row = {"total": now - mark, **timers.current}
         row["tuner"] = row["total"] - row.get("sampler", 0.0) - row.get("ask_tell", 0.0)
         rows.append(row)
-        if len(rows) % 100 == 0:
-            print(f"  ... {len(rows)} trials, last {row['total'] * 1000:.1f} ms", flush=True)
+        if len(rows) in points:
+            window = rows[-2 * half :]
+
+            def mean(key: str) -> float:
+                return statistics.mean(r.get(key, 0.0) for r in window) * 1000
+
+            print(
+                f"  {points[len(rows)]:>6} {mean('total'):8.2f} {mean('sampler'):8.2f} "
+                f"{mean('tpe'):8.2f} {mean('ask_tell'):9.2f} {mean('tuner'):8.2f}",
+                flush=True,
+            )
         timers.current = {}
         mark = time.perf_counter()
 
@@ -240,25 +271,6 @@ def run_growth(trials: int) -> None:
         for restore in undo:
             restore()
 
-    half = 10
-    print(
-        f"\n  ms per trial (mean of trials around each point, +-{half}); sampler = inside "
-        "sample_config (TPE + param writes), of which TPE = its computation"
-    )
-    print(f"  {'trial':>6} {'total':>8} {'sampler':>8} {'(TPE)':>8} {'ask+tell':>9} {'tuner':>8}")
-    for point in checkpoints(trials):
-        # Centred on the point; the study's last point looks back only.
-        end = min(point + half, len(rows))
-        window = rows[max(0, end - 2 * half) : end]
-
-        def mean(key: str, window: list[dict[str, float]] = window) -> float:
-            return statistics.mean(r.get(key, 0.0) for r in window) * 1000
-
-        print(
-            f"  {point:>6} {mean('total'):8.2f} {mean('sampler'):8.2f} {mean('tpe'):8.2f} "
-            f"{mean('ask_tell'):9.2f} {mean('tuner'):8.2f}"
-        )
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -267,6 +279,11 @@ def main() -> None:
     parser.add_argument("--window", type=float, help="steady-state seconds per count (20)")
     parser.add_argument("--trials", type=int, help="trials of the growth study (2000)")
     parser.add_argument("--skip", choices=("throughput", "growth"), help="leave a part out")
+    parser.add_argument(
+        "--sampler",
+        default="tpe",
+        help="sampler of the throughput study (tpe); random takes the sampler's growth out",
+    )
     args = parser.parse_args()
     workers = args.workers or ([1, 4] if args.quick else [1, 4, 16])
     window = args.window or (10.0 if args.quick else 20.0)
@@ -281,7 +298,7 @@ def main() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     if args.skip != "throughput":
-        run_throughput(workers, window)
+        run_throughput(workers, window, args.sampler)
     if args.skip != "growth":
         run_growth(trials)
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.errors import ConfigError
 from tuner.export import OptimizerConfig
-from tuner.hparams import Choice, Domain, Fixed, Range, parse_domain
+from tuner.hparams import Choice, Domain, Fixed, HyperParam, Range, parse_domain
 from tuner.optim import OPTIMIZERS, OptimizerSpec, get_optimizer
 from tuner.schedules import SCHEDULES, WARMUP_HPARAMS, get_schedule
 
@@ -111,6 +111,19 @@ def parse_search(raw: Mapping[str, Any] | None, *, path: str = "search") -> Sear
     )
 
 
+def _domains(
+    hparams: tuple[HyperParam, ...], overrides: dict[str, Any], field: str
+) -> dict[str, Domain]:
+    """Each hyperparameter's domain: the study file's override, else the catalog default."""
+    domains: dict[str, Domain] = {}
+    for hp in hparams:
+        sub = f"{field}.{hp.name}"
+        domain = parse_domain(overrides[hp.name], path=sub) if hp.name in overrides else hp.default
+        hp.validate_domain(domain, path=sub)
+        domains[hp.name] = domain
+    return domains
+
+
 def _overrides(raw: Any, path: str, what: str) -> Mapping[str, Any]:
     if raw is None:
         return {}
@@ -155,14 +168,7 @@ def _parse_optimizers(raw: Any, path: str) -> tuple[OptimizerSearch, ...]:
                     f"{path}.{name}.{key}: optimizer {name!r} has no hyperparameter {key!r}; "
                     f"known: {', '.join(known)}"
                 )
-        domains: dict[str, Domain] = {}
-        for hp in spec.hparams:
-            field = f"{path}.{name}.{hp.name}"
-            domain = (
-                parse_domain(overrides[hp.name], path=field) if hp.name in overrides else hp.default
-            )
-            hp.validate_domain(domain, path=field)
-            domains[hp.name] = domain
+        domains = _domains(spec.hparams, overrides, f"{path}.{name}")
         _check_corners(spec, domains, f"{path}.{name}")
         out.append(OptimizerSearch(name, domains))
     return tuple(out)
@@ -228,14 +234,7 @@ def _parse_schedules(raw: Any, path: str) -> tuple[ScheduleSearch, ...]:
                     f"{field}.{key}: schedule {name!r} takes "
                     f"{', '.join(known) or 'no hyperparameters'}, but got {key!r}"
                 )
-        domains: dict[str, Domain] = {}
-        for hp in spec.hparams:
-            sub = f"{field}.{hp.name}"
-            domain = (
-                parse_domain(overrides[hp.name], path=sub) if hp.name in overrides else hp.default
-            )
-            hp.validate_domain(domain, path=sub)
-            domains[hp.name] = domain
+        domains = _domains(spec.hparams, overrides, field)
         # Settings are taken as given (a milestones list is the value, not a choice), and
         # checked now through the same rules as an exported configuration.
         settings = {s.name: overrides.get(s.name, s.default) for s in spec.settings}

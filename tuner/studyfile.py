@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, ClassVar, Literal, NoReturn
 
 import optuna
 import yaml
@@ -188,46 +188,47 @@ class Budget(_Section):
             raise _FieldError(str(exc)) from None
 
 
-class SamplerConfig(_Section):
+class _PluginSection(_Section):
+    """A section naming a registry entry; every other key is an option for its class."""
+
+    registry: ClassVar[Mapping[str, Plugin]]
+    default: ClassVar[str]
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_options(cls, data: Any) -> Any:
+        return _split_options(data, cls.default)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _known(cls, value: Any) -> str:
+        return _known_name(cls.registry, value)
+
+
+class SamplerConfig(_PluginSection):
     """``sampler:`` a name from :data:`SAMPLERS`; every other key goes to the Optuna class.
 
     >>> SamplerConfig.model_validate({"name": "tpe", "seed": 0}).options
     {'seed': 0}
     """
 
+    registry: ClassVar[Mapping[str, Plugin]] = SAMPLERS
+    default: ClassVar[str] = "tpe"
     name: str = "tpe"
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _collect_options(cls, data: Any) -> Any:
-        return _split_options(data, "tpe")
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _known(cls, value: Any) -> str:
-        return _known_name(SAMPLERS, value)
 
 
-class PrunerConfig(_Section):
+class PrunerConfig(_PluginSection):
     """``pruner:`` a name from :data:`PRUNERS`; every other key goes to the Optuna class.
 
     >>> PrunerConfig.model_validate({"name": "median", "n_startup_trials": 3}).options
     {'n_startup_trials': 3}
     """
 
+    registry: ClassVar[Mapping[str, Plugin]] = PRUNERS
+    default: ClassVar[str] = "hyperband"
     name: str = "hyperband"
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _collect_options(cls, data: Any) -> Any:
-        return _split_options(data, "hyperband")
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _known(cls, value: Any) -> str:
-        return _known_name(PRUNERS, value)
 
 
 class MlflowConfig(_Section):

@@ -2,6 +2,7 @@
 
 Example::
 
+    >>> import torch
     >>> from tuner.optim import get_optimizer
     >>> spec = get_optimizer("yogi")
     >>> optimizer = spec.build(torch.nn.Linear(2, 1).parameters(), spec.to_kwargs(spec.defaults()))
