@@ -153,6 +153,7 @@ class Worker:
     host: str = field(default_factory=socket.gethostname)
     poll_interval: float = 1.0
     _in_objective: bool = field(default=False, repr=False)
+    _tracking_mark: int | None = field(default=None, repr=False)
     _interrupted: bool = field(default=False, repr=False)
     _next_stale_check: float = field(default=0.0, repr=False)
 
@@ -319,7 +320,12 @@ class Worker:
         self._record(ot, trial, outcome, value, reason, tb, diverged_step, duration, unwritten)
         if recorder is not None:
             recorder.finish(outcome, tags={"tuner.duration_s": f"{duration:.3f}"})
-            self.tracker.flush(timeout=10.0)
+            # Wait (bounded) for the previous trial's MLflow data, not this one's: sending
+            # overlaps the next trial, yet training never runs more than a trial ahead of
+            # MLflow. The study database already holds everything; `tuner sync` backfills.
+            if self._tracking_mark is not None:
+                self.tracker.flush(timeout=10.0, upto=self._tracking_mark)
+            self._tracking_mark = self.tracker.mark()
         if outcome == "failed":
             _free_device_memory()
             log.warning(

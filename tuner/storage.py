@@ -460,11 +460,12 @@ def open_storage(
         with warnings.catch_warnings():
             # tuner relies on heartbeats on purpose; Optuna flags the argument as experimental.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RetryingRDBStorage(
-                normalized,
-                engine_kwargs=_engine_kwargs(normalized, dialect, connect_timeout),
-                **kwargs,
-            )
+            with _schema_lock(normalized, dialect, connect_timeout):
+                storage = RetryingRDBStorage(
+                    normalized,
+                    engine_kwargs=_engine_kwargs(normalized, dialect, connect_timeout),
+                    **kwargs,
+                )
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         reason = _reason(exc, url)
         error = StorageError(
@@ -488,6 +489,33 @@ def open_storage(
         raise error
     storage.retry_attempts = retry_attempts
     return storage
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, dialect: str, connect_timeout: float) -> Iterator[None]:
+    """Serialize Optuna's table creation on PostgreSQL: workers that open an empty database at
+    the same moment otherwise collide in CREATE TABLE (duplicate key in pg_type)."""
+    if dialect != "postgresql":
+        yield
+        return
+    engine = sqlalchemy.create_engine(
+        url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": connect_timeout}
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_KEY}
+                )
+    finally:
+        engine.dispose()
+
+
+# A fixed advisory-lock key for schema creation, distinct from the per-study budget keys' use.
+_SCHEMA_KEY = int.from_bytes(hashlib.sha256(b"tuner:schema").digest()[:8], "big", signed=True)
 
 
 # --- the budget lock -------------------------------------------------------------------------
