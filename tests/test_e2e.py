@@ -99,3 +99,37 @@ def test_digits_reaches_97_percent_with_its_default_budget(tmp_path):
     study = optuna.load_study(study_name="digits-cnn", storage=f"sqlite:///{tmp_path}/tuner.db")
     assert study.best_value >= 0.97, proc.stdout
     assert (tmp_path / "mlflow.db").exists()  # the default tracking store, in the cwd
+
+
+def test_sigterm_stops_a_worker_cleanly_and_requeues_its_trial(make_study, tmp_path):
+    """What `docker stop` or a Kubernetes eviction sends a worker."""
+    slow = REGRESSION.replace(
+        "    g = torch.Generator()",
+        "    import time\n    time.sleep(30)\n    g = torch.Generator()",
+    )
+    path = make_study(slow, budget={"trials": 2})
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "worker", str(path)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            study = optuna.load_study(study_name="test-study", storage=storage)
+        except KeyError:
+            continue
+        running = study.get_trials(states=(TrialState.RUNNING,))
+        if running and "tuner:config" in running[0].user_attrs:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    study = optuna.load_study(study_name="test-study", storage=storage)
+    (first, retry) = study.trials
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["tuner:outcome"] == "interrupted"
+    assert retry.state == TrialState.WAITING
+    assert retry.system_attrs["fixed_params"] == first.params

@@ -248,3 +248,28 @@ def test_the_seed_and_params_reach_the_objective(make_study):
     # The same seed gives the same torch draws: a rerun of a trial is reproducible.
     values = [t.value for t in load(path).trials]
     assert len(set(values)) == 2
+
+
+OOM_ON_FIRST = textwrap.dedent(
+    """
+    import torch
+
+    def objective(trial):
+        if trial.number == 0:
+            # What a too-large batch raises on a GPU; the worker must survive it.
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return 1.0 / (trial.number + 1)
+    """
+)
+
+
+def test_an_out_of_memory_error_fails_that_trial_and_the_worker_goes_on(make_study):
+    path = make_study(OOM_ON_FIRST, budget={"trials": 2})
+    code, _, err = run("launch", str(path))
+    assert code == 0
+    study = load(path)
+    assert outcomes(study) == ["failed", "complete", "complete"]
+    assert study.trials[0].user_attrs["tuner:reason"] == (
+        "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
+    )
+    assert "trial 0 failed: OutOfMemoryError: CUDA out of memory" in err

@@ -21,8 +21,9 @@ from optuna.trial import TrialState
 import tuner.space
 from tuner.launch import open_session
 from tuner.objective import load_objective
-from tuner.runner import ATTR, Worker, _budget_counts, set_user_attrs
+from tuner.runner import ATTR, Worker
 from tuner.studyfile import load_study_file
+from tuner.trialdb import budget_counts, set_user_attrs
 
 NOOP = "def objective(trial):\n    return 0.0\n"
 
@@ -171,6 +172,6 @@ def test_budget_counts_count_only_the_objectives_own_failures(tmp_path):
         set_user_attrs(trial, {ATTR.OUTCOME: outcome})
         study.tell(trial, 0.0 if state == TrialState.COMPLETE else None, state=state)
     study.ask()  # a running one
-    counts, failed = _budget_counts(study)
+    counts, failed = budget_counts(study)
     assert failed == 2
     assert counts == {TrialState.FAIL: 3, TrialState.COMPLETE: 1, TrialState.RUNNING: 1}

@@ -160,8 +160,8 @@ def worker(
 @_handle_errors
 def status(study_path: Path) -> None:
     """Trials by outcome, the best so far, and running trials with their worker and device."""
-    from tuner.runner import fail_stale_trials
     from tuner.summary import summarize
+    from tuner.trialdb import fail_stale_trials
 
     _setup_logging()
     study_file = _load(study_path)

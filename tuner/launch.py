@@ -322,7 +322,7 @@ def _update_parent(tracker: Tracker, summary: StudySummary) -> None:
 def _finished(study: optuna.Study) -> int:
     from optuna.trial import TrialState
 
-    from tuner.runner import count_states
+    from tuner.trialdb import count_states
 
     counts = count_states(study)
     return counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
