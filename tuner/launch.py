@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
+from optuna.trial import TrialState
 
 from tuner.errors import ConfigError, TunerError
 from tuner.runner import ATTR, TrialResult, Worker, open_study
 from tuner.summary import StudySummary, format_duration, summarize
+from tuner.trialdb import budget_counts, count_states
 
 if TYPE_CHECKING:
     from tuner.studyfile import StudyFile
@@ -289,7 +291,14 @@ def _run_subprocess_workers(
             f"error (exit codes {codes}); their output is above"
         )
     progress.trial_ended()
-    return "budget"
+    # The workers decided why they stopped; read it back from the study database.
+    counts, failed = budget_counts(progress.study)
+    finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+    if finished >= study_file.budget.trials:
+        return "budget"
+    if failed >= study_file.budget.max_failures:
+        return "failures"
+    return "timeout" if deadline is not None and time.time() >= deadline else "stopped"
 
 
 def _check_device(device: str) -> None:
@@ -320,10 +329,6 @@ def _update_parent(tracker: Tracker, summary: StudySummary) -> None:
 
 
 def _finished(study: optuna.Study) -> int:
-    from optuna.trial import TrialState
-
-    from tuner.trialdb import count_states
-
     counts = count_states(study)
     return counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
 
