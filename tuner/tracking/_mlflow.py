@@ -56,6 +56,7 @@ _log = logging.getLogger("tuner.tracking")
 # MLflow's batch limits (mlflow.utils.validation): per log_batch call.
 _MAX_METRICS = 1000
 _MAX_PARAMS_TAGS = 100
+_MAX_ENTITIES = 1000  # metrics, params and tags together
 
 # Errors that no retry will fix: the request itself is wrong or its target is gone.
 _PERMANENT_CODES = frozenset(
@@ -97,14 +98,35 @@ def make_client(tracking_uri: str) -> MlflowClient:
         ) from exc
 
 
-def probe_server(tracking_uri: str, timeout: float = 2.0) -> bool:
-    """One quick GET of ``/health`` without retries; True when the server answers 200."""
+def probe_server(tracking_uri: str, timeout: float = 2.0, session: object = None) -> bool:
+    """One quick GET of ``/health`` without retries; True when the server answers 200.
+
+    ``session`` (a ``requests.Session``) keeps the connection open between probes.
+    """
     import requests  # an MLflow dependency; imported here so sqlite users never pay for it
 
+    get = session.get if isinstance(session, requests.Session) else requests.get
     try:
-        return requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).ok
+        return get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).ok
     except (requests.RequestException, OSError):
         return False
+
+
+class _Prober:
+    """``probe_server`` over one kept-alive connection (the flusher probes before each round)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        import threading
+
+        import requests
+
+        self._uri = tracking_uri
+        self._session = requests.Session()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        with self._lock:
+            return probe_server(self._uri, session=self._session)
 
 
 def _artifact_location(tracking_uri: str) -> str | None:
@@ -208,19 +230,21 @@ def log_entities(
     params: Mapping[str, str] | None = None,
     tags: Mapping[str, object] | None = None,
 ) -> None:
-    """``log_batch`` within MLflow's limits: 1000 metrics, 100 params, 100 tags per call."""
+    """As few ``log_batch`` calls as MLflow's limits allow (per call: 100 params, 100 tags,
+    1000 entities in all); no call when there is nothing to log."""
     metric_list = list(metrics)
-    for i in range(0, len(metric_list), _MAX_METRICS):
-        client.log_batch(run_id, metrics=metric_list[i : i + _MAX_METRICS], synchronous=True)
     param_list = [Param(k, safe_text(v, limit=6000)) for k, v in (params or {}).items()]
     tag_list = [RunTag(k, v) for k, v in _tag_dict(tags or {}).items()]
-    for i in range(0, max(len(param_list), len(tag_list)), _MAX_PARAMS_TAGS):
+    m = p = t = 0
+    while m < len(metric_list) or p < len(param_list) or t < len(tag_list):
+        chunk_params = param_list[p : p + _MAX_PARAMS_TAGS]
+        chunk_tags = tag_list[t : t + _MAX_PARAMS_TAGS]
+        room = min(_MAX_METRICS, _MAX_ENTITIES - len(chunk_params) - len(chunk_tags))
+        chunk_metrics = metric_list[m : m + room]
         client.log_batch(
-            run_id,
-            params=param_list[i : i + _MAX_PARAMS_TAGS],
-            tags=tag_list[i : i + _MAX_PARAMS_TAGS],
-            synchronous=True,
+            run_id, metrics=chunk_metrics, params=chunk_params, tags=chunk_tags, synchronous=True
         )
+        m, p, t = m + len(chunk_metrics), p + len(chunk_params), t + len(chunk_tags)
 
 
 def log_artifacts(client: MlflowClient, run_id: str, artifacts: Mapping[str, str | bytes]) -> None:
@@ -324,13 +348,24 @@ class MlflowRecorder:
         }
         status = OUTCOME_STATUS[outcome]
         handle, client = self._handle, self._client
+        logged = False
 
-        def end() -> None:
+        def end(batch: list[MetricsOp]) -> None:
+            # One log_batch (params not sent yet, the last points, the end tags), one update.
+            nonlocal logged
             assert handle.run_id is not None
-            log_entities(client, handle.run_id, tags=end_tags)
+            if not logged:
+                _log_together(
+                    client, handle.run_id, metrics=_points(batch), params=handle.params,
+                    tags=end_tags,
+                )  # fmt: skip
+                logged = True
+                handle.params = None
+                for op in batch:
+                    op.done = True  # a retry of the status update resends none of them
             terminate_run(client, handle.run_id, status, end_ms)
 
-        self._flusher.put_call(handle, end, "end of a trial's run", wake=True)
+        self._flusher.put_call(handle, end, "end of a trial's run", wake=True, merge=True)
 
 
 class MlflowTracker:
@@ -357,10 +392,12 @@ class MlflowTracker:
         self._flusher = Flusher(
             self._send_metrics,
             is_transient=is_transient,
-            probe=(lambda: probe_server(tracking_uri)) if self._http else None,
+            probe=_Prober(tracking_uri) if self._http else None,
             max_queued=max_queued,
             interval=interval,
             max_backoff=max_backoff,
+            # A local store's sends are this process's CPU; a server's are mostly waiting.
+            eager=self._http,
         )
 
     # -- Tracker API ------------------------------------------------------------------------
@@ -472,13 +509,17 @@ class MlflowTracker:
                             run_name=f"trial-{number}",
                         )
                         handle.run_id = run.info.run_id
-                log_entities(self._client, handle.run_id, params=flat)
+                # The params go with the run's first batch of points, or with its end.
+                handle.params = flat
             except Exception as exc:
                 if not is_transient(exc) and handle.run_id is None:
                     handle.failed = True
                 raise
 
         self._flusher.put_call(handle, create, f"create run trial-{number}")
+        # No points: it carries the params to MLflow once ``interval`` passed without a report
+        # (a long trial shows its params while it runs; a short one sends them with its end).
+        self._flusher.put_metrics(handle, {}, 0)
         return MlflowRecorder(self._flusher, handle, self._client)
 
     def update_study(
@@ -586,10 +627,42 @@ class MlflowTracker:
 
     def _send_metrics(self, handle: RunHandle, ops: list[MetricsOp]) -> None:
         assert handle.run_id is not None
-        points = [
-            m
-            for op in ops
-            for key, value in op.metrics.items()
-            if (m := to_metric(key, value, op.timestamp_ms, op.step)) is not None
-        ]
-        log_entities(self._client, handle.run_id, metrics=points)
+        _log_together(self._client, handle.run_id, metrics=_points(ops), params=handle.params)
+        handle.params = None
+
+
+def _log_together(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    metrics: list[Metric],
+    params: Mapping[str, str] | None = None,
+    tags: Mapping[str, object] | None = None,
+) -> None:
+    """:func:`log_entities` in one go; when MLflow rejects that for good (one bad value), each
+    kind again on its own, so that a bad param costs neither the curve nor the end tags."""
+    try:
+        log_entities(client, run_id, metrics=metrics, params=params, tags=tags)
+        return
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        _log.warning("tracking: run %s rejected a batch (%s); retrying it in parts", run_id,
+                     redact_url(str(exc)))  # fmt: skip
+    parts = {"metrics": {"metrics": metrics}, "params": {"params": params}, "tags": {"tags": tags}}
+    for kind, part in parts.items():
+        try:
+            log_entities(client, run_id, **part)  # type: ignore[arg-type]
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            _log.warning("tracking: run %s: %s dropped: %s", run_id, kind, redact_url(str(exc)))
+
+
+def _points(ops: list[MetricsOp]) -> list[Metric]:
+    return [
+        m
+        for op in ops
+        for key, value in op.metrics.items()
+        if (m := to_metric(key, value, op.timestamp_ms, op.step)) is not None
+    ]

@@ -9,6 +9,12 @@ a long outage and ``tuner sync`` can backfill the curves from the study database
 
 Every operation is marked done once sent, so a retry after a partial failure resends nothing that
 already arrived (run creation, the one non-idempotent call, also guards itself).
+
+Calls are kept few, since the flusher's CPU work competes with training for the GIL (and, for a
+server, the server's work for the cores): a run's metric points wait while they are younger than
+``interval`` and nothing asked for them (a ``flush`` does), so a short trial's points all go with
+its end, and an operation queued with ``merge`` (a run's end) takes its run's pending points
+along in the same request.
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ class PermanentError(Exception):
 class RunHandle:
     """A run whose id the flusher learns in the background; recorders refer to it meanwhile."""
 
-    __slots__ = ("failed", "run_id")
+    __slots__ = ("failed", "params", "run_id")
 
     def __init__(self, run_id: str | None = None) -> None:
         self.run_id = run_id
         # Set when the run could not be created for good: its later operations are dropped.
         self.failed = False
+        # What the tracker has yet to send with the run's next batch (its params).
+        self.params: dict[str, str] | None = None
 
 
 class MetricsOp:
@@ -60,17 +68,28 @@ class MetricsOp:
 
 
 class CallOp:
-    """A structural operation (create a run, set tags, end a run, log an artifact)."""
+    """A structural operation (create a run, set tags, end a run, log an artifact).
 
-    __slots__ = ("done", "fn", "handle", "seq", "what")
+    With ``merge`` its ``fn`` takes the run's pending :class:`MetricsOp` list (maybe empty)
+    and sends those points itself, in the same request as its own data.
+    """
+
+    __slots__ = ("done", "fn", "handle", "merge", "seq", "timestamp_ms", "what")
 
     def __init__(
-        self, seq: int, handle: RunHandle | None, fn: Callable[[], None], what: str
+        self,
+        seq: int,
+        handle: RunHandle | None,
+        fn: Callable[..., None],
+        what: str,
+        merge: bool = False,
     ) -> None:
         self.seq = seq
         self.handle = handle
         self.fn = fn
         self.what = what
+        self.merge = merge
+        self.timestamp_ms = time.time_ns() // 1_000_000
         self.done = False
 
 
@@ -96,6 +115,7 @@ class Flusher:
         interval: float = 0.2,
         max_backoff: float = 15.0,
         ops_per_round: int = 20_000,
+        eager: bool = True,
     ) -> None:
         self._send_metrics = send_metrics
         self._is_transient = is_transient
@@ -104,6 +124,11 @@ class Flusher:
         self._interval = interval
         self._max_backoff = max_backoff
         self._ops_per_round = ops_per_round
+        # Eager: a round takes everything queued (sending overlaps training; right when sending
+        # is mostly waiting on a server). Lazy: only what a flush asked for or what has waited
+        # ``interval`` (right when sending is CPU work in this process, a local store: it runs
+        # while the trial waits in its flush instead of fighting the trial for the GIL).
+        self._eager = eager
         # deque.append and len are atomic under the GIL: the hot path needs no lock. Producers
         # append to the inbox; only the flusher pops it (under _progress) into its own list.
         self._queue: collections.deque[Op] = collections.deque()
@@ -124,6 +149,8 @@ class Flusher:
         # waited for failed (the backend is down; waiting longer only stalls the trial).
         self._rounds = 0
         self._failed_round = 0
+        # Every op up to this sequence number goes out in the next round, young or not.
+        self._flush_upto = -1
 
     # -- producer side (any thread) ---------------------------------------------------------
 
@@ -138,14 +165,23 @@ class Flusher:
             self._start()
 
     def put_call(
-        self, handle: RunHandle | None, fn: Callable[[], None], what: str, *, wake: bool = False
+        self,
+        handle: RunHandle | None,
+        fn: Callable[..., None],
+        what: str,
+        *,
+        wake: bool = False,
+        merge: bool = False,
     ) -> None:
-        """Queue a structural operation; these are never dropped for space."""
+        """Queue a structural operation; these are never dropped for space.
+
+        With ``merge``, ``fn(metric_ops)`` receives the run's points still unsent (see CallOp).
+        """
         if self._closing:
             self.lost_ops += 1
             _log.warning("tracking: %s after close, not sent", what)
             return
-        self._queue.append(CallOp(next(self._seq), handle, fn, what))
+        self._queue.append(CallOp(next(self._seq), handle, fn, what, merge))
         if self._thread is None:
             self._start()
         if wake:
@@ -179,6 +215,8 @@ class Flusher:
         target = next(self._seq) if upto is None else upto
         first_round = self._rounds + 1
         deadline = time.monotonic() + max(0.0, timeout)
+        if target > self._flush_upto:
+            self._flush_upto = target
         self._wake.set()
         with self._progress:
             while not self._drained_up_to(target):
@@ -258,8 +296,17 @@ class Flusher:
         with self._progress:
             self._rounds += 1
             this_round = self._rounds
-            while self._queue and len(self._pending) < self._ops_per_round:
-                self._pending.append(self._queue.popleft())
+            if self._eager or self._closing:
+                while self._queue and len(self._pending) < self._ops_per_round:
+                    self._pending.append(self._queue.popleft())
+            else:
+                upto = self._flush_upto
+                old_enough = time.time_ns() // 1_000_000 - int(self._interval * 1000)
+                while self._queue and len(self._pending) < self._ops_per_round:
+                    head = self._queue[0]
+                    if head.seq > upto and head.timestamp_ms > old_enough:
+                        break
+                    self._pending.append(self._queue.popleft())
             self._head_seq = self._pending[0].seq if self._pending else None
         try:
             if self._probe is not None and not self._probe():
@@ -291,7 +338,9 @@ class Flusher:
 
     def _send(self, ops: list[Op]) -> None:
         # Per run, order matters (create < metrics < end); across runs it does not. So metrics
-        # accumulate per run and go out just before that run's next structural op.
+        # accumulate per run and go out with, or just before, that run's next structural op.
+        upto = self._flush_upto
+        old_enough = time.time_ns() // 1_000_000 - int(self._interval * 1000)
         batches: dict[RunHandle, list[MetricsOp]] = {}
         for op in ops:
             if op.done:
@@ -299,11 +348,18 @@ class Flusher:
             if isinstance(op, MetricsOp):
                 batches.setdefault(op.handle, []).append(op)
                 continue
-            if op.handle is not None and op.handle in batches:
-                self._send_batch(op.handle, batches.pop(op.handle))
+            batch = batches.pop(op.handle, None) if op.handle is not None else None
+            if op.merge:
+                self._call(op, batch or [])
+                continue
+            if batch:
+                self._send_batch(op.handle, batch)  # type: ignore[arg-type]
             self._call(op)
         for handle, batch in batches.items():
-            self._send_batch(handle, batch)
+            # A running trial's young points wait for more (or for its end), unless a flush or
+            # close asked for them: fewer, larger requests.
+            if self._closing or batch[0].seq <= upto or batch[0].timestamp_ms <= old_enough:
+                self._send_batch(handle, batch)
 
     def _send_batch(self, handle: RunHandle, batch: list[MetricsOp]) -> None:
         if handle.failed or handle.run_id is None:
@@ -320,18 +376,23 @@ class Flusher:
         for op in batch:
             op.done = True
 
-    def _call(self, op: CallOp) -> None:
+    def _call(self, op: CallOp, batch: list[MetricsOp] | None = None) -> None:
+        ops: list[Op] = [op, *(batch or [])]
         if op.handle is not None and op.handle.failed:
-            self._give_up([op], op.what)
+            self._give_up(ops, op.what)
             return
         try:
-            op.fn()
+            if op.merge:
+                op.fn(batch or [])
+            else:
+                op.fn()
         except Exception as exc:
             if self._is_transient(exc):
                 raise
-            self._give_up([op], f"{op.what}: {exc}")
+            self._give_up([o for o in ops if not o.done], f"{op.what}: {exc}")
             return
-        op.done = True
+        for o in ops:
+            o.done = True
 
     def _give_up(self, ops: list[Op], why: str) -> None:
         self.lost_ops += len(ops)
