@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -119,12 +120,20 @@ class Lockstep:
         self.raw_s.append(self.mark - now)
 
 
-def run_round(workdir: Path, trials: int) -> Lockstep:
-    """One fresh raw study and one fresh tuner study of ``trials`` trials each, in lockstep."""
+def run_round(workdir: Path, trials: int, *, raw_wal: bool = False) -> Lockstep:
+    """One fresh raw study and one fresh tuner study of ``trials`` trials each, in lockstep.
+
+    tuner keeps SQLite studies in write-ahead-log mode; with ``raw_wal`` raw Optuna's file is
+    put in that mode too, so that the ratio isolates tuner's own code from the journal mode.
+    """
     from tuner.objective import load_objective
 
+    raw_url = f"sqlite:///{workdir / 'raw.db'}"
+    if raw_wal:
+        with sqlite3.connect(workdir / "raw.db") as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
     raw_study = optuna.create_study(
-        storage=f"sqlite:///{workdir / 'raw.db'}",
+        storage=raw_url,
         study_name="raw",
         sampler=optuna.samplers.TPESampler(seed=0),
     )
@@ -165,6 +174,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=300, help="trials per study (300)")
     parser.add_argument("--rounds", type=int, default=2, help="fresh study pairs (2)")
+    parser.add_argument(
+        "--raw-wal",
+        action="store_true",
+        help="put raw Optuna's SQLite file in WAL mode too (tuner uses WAL): tuner's code alone",
+    )
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -173,13 +187,14 @@ def main() -> None:
 
     print(
         f"no-op objective, TPE(seed=0), a fresh SQLite file per study, {args.trials} trials per "
-        f"study, {args.rounds} rounds, arms in lockstep (one trial each in turn)"
+        f"study, {args.rounds} rounds, arms in lockstep (one trial each in turn); raw Optuna's "
+        f"journal: {'WAL, as tuner' if args.raw_wal else 'SQLite default (tuner: WAL)'}"
     )
     raw_all: list[float] = []
     tuner_all: list[float] = []
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
-            steps = run_round(Path(tmp), args.trials)
+            steps = run_round(Path(tmp), args.trials, raw_wal=args.raw_wal)
         raw_all += steps.raw_s
         tuner_all += steps.tuner_s
         raw_ms = sum(steps.raw_s) / len(steps.raw_s) * 1000

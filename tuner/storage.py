@@ -488,7 +488,26 @@ def open_storage(
     if error is not None:
         raise error
     storage.retry_attempts = retry_attempts
+    if dialect == "sqlite" and _sqlite_path(normalized) is not None:
+        _use_wal(storage)
     return storage
+
+
+def _use_wal(storage: RDBStorage) -> None:
+    """Put a SQLite study file in write-ahead-log mode.
+
+    A commit then syncs the log once instead of the rollback journal and the database, and
+    readers (progress, `tuner status`) no longer block the workers' writes. Durability is
+    unchanged: synchronous stays FULL. The mode is stored in the file, so this runs once per
+    database; it needs a local filesystem, which SQLite studies need anyway (one machine).
+    """
+    try:
+        # Outside any transaction: inside one, SQLite ignores a change of journal mode.
+        with storage.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+        _logger.debug("SQLite study journal mode: %s", mode)
+    except sqlalchemy.exc.OperationalError as exc:  # busy or read-only: keep the journal mode
+        _logger.debug("could not switch the SQLite study to WAL: %s", exc)
 
 
 @contextlib.contextmanager
