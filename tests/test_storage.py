@@ -579,3 +579,13 @@ def test_budget_lock_rejects_unsupported_databases() -> None:
     ):
         pass
     assert "s3cret" not in str(info.value)
+
+
+def test_a_sqlite_study_file_is_in_write_ahead_log_mode(tmp_path: Path) -> None:
+    """One log sync per commit, and readers (progress, status) never block the workers."""
+    import sqlite3
+
+    open_storage(f"sqlite:///{tmp_path / 'wal.db'}")
+    with sqlite3.connect(tmp_path / "wal.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: nothing less durable
