@@ -6,25 +6,35 @@ API is never used: its global active-run stack does not mix with threads and man
 
 The functions at the top (``make_client``, ``ensure_experiment``, ``open_parent_run``,
 ``log_entities``, ``log_artifacts``) are synchronous and shared with ``tuner sync``; the
-:class:`MlflowTracker` runs them on its background :class:`~tuner.tracking._queue.Flusher`.
+:class:`MlflowTracker` opens its study with them, then hands every later call, as plain data,
+to its own sender process (:mod:`tuner.tracking._sender`), which runs them on a background
+:class:`~tuner.tracking._queue.Flusher`: MLflow's CPU work never competes with training for
+the trial process's GIL.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import math
+import multiprocessing
+import os
 import re
+import sys
 import tempfile
+import threading
 import time
+import types
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tuner.errors import ConfigError, TunerError
 from tuner.storage import redact_url
@@ -35,7 +45,7 @@ from tuner.tracking._base import (
     flatten_params,
     safe_text,
 )
-from tuner.tracking._queue import Flusher, MetricsOp, PermanentError, RunHandle
+from tuner.tracking._queue import MetricsOp, PermanentError
 
 __all__ = [
     "PARENT_RUN_ATTR",
@@ -311,26 +321,322 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _sender_context(tracking_uri: str) -> Any:
+    """Where sender processes come from: a fork server with MLflow imported, else ``spawn``.
+
+    Both start the sender from a clean, single-threaded interpreter (never a fork of this
+    process with its threads and connections). A spawned sender first imports MLflow and its
+    store (2-4 s of CPU); the fork server pays that once per process, and every tracker after
+    the first (a study resumed in the same process) gets its sender forked ready at once.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
+    ctx = multiprocessing.get_context("forkserver")
+    wanted = ["tuner.tracking._sender"]
+    if not _is_http(tracking_uri):
+        wanted.append("mlflow.store.tracking.sqlalchemy_store")
+    # Added to what other users of the fork server asked it to preload, less the default
+    # "__main__": the server would run the caller's main script (see ``_boot``).
+    modules = list(getattr(forkserver._forkserver, "_preload_modules", []))
+    if any(m not in modules for m in wanted) or "__main__" in modules:
+        kept = [m for m in modules if m != "__main__"]
+        ctx.set_forkserver_preload(kept + [m for m in wanted if m not in kept])
+    forkserver.ensure_running()  # the slow part, outside the main-module swap
+    return ctx
+
+
+class _Sender:
+    """The trial's side of the tracker's sender process (:mod:`tuner.tracking._sender`).
+
+    Operations are plain tuples. The hot path, :meth:`put_log`, only appends to a deque (no
+    lock, no I/O, no pickling); a shipper thread sends what accumulated as one message every
+    ``interval`` seconds, and every other operation ships the lot at once, in order. A reader
+    thread takes the sender's answers: run ids, progress, flush and close results, and the
+    warnings to log here. Memory stays bounded: past ``max_queued`` operations not yet
+    delivered, new metric points are dropped here (counted, warned once).
+    """
+
+    def __init__(self, tracking_uri: str, *, max_queued: int, interval: float,
+                 max_backoff: float) -> None:  # fmt: skip
+        self._uri = tracking_uri
+        self._options = {"max_queued": max_queued, "interval": interval,
+                         "max_backoff": max_backoff}  # fmt: skip
+        self._max_queued = max_queued
+        self._interval = interval
+        self._outbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._ship_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._state = threading.Condition()
+        self._wake = threading.Event()
+        self._process: Any = None
+        self._ops: Any = None
+        self._answers: Any = None
+        self._reader: threading.Thread | None = None
+        self._shipper: threading.Thread | None = None
+        self._closing = False
+        self._gone = False  # the sender process ended (or could not be reached)
+        self._requests = itertools.count()
+        self._marks = itertools.count()
+        self.shipped = 0
+        # The sender's last status: operations received, still queued, points dropped.
+        self._received = 0
+        self._remote_pending = 0
+        self._remote_dropped = 0
+        self.last_error: str | None = None
+        self._flushed: dict[int, bool | None] = {}  # awaited flushes: their answers
+        self._closed: tuple[bool, int, int] | None = None
+        self.run_ids: dict[str, str] = {}
+        self.parent_run_id: str | None = None
+        self.dropped = 0  # metric points dropped here, at the cap
+        self.lost = 0  # operations queued after close or after the sender ended
+        self._lost_seen = 0
+        self._warned_cap = False
+
+    # -- the trial's thread -----------------------------------------------------------------
+
+    def put_log(self, key: str, metrics: dict[str, Any], step: int) -> None:
+        """Queue one ``log`` call: a deque append (about a microsecond)."""
+        if self._closing or self.pending >= self._max_queued:
+            self._drop()
+            return
+        self._outbox.append(("log", key, dict(metrics), step, time.time_ns() // 1_000_000))
+        if self._shipper is None:
+            self._start()
+
+    def put(self, op: tuple[Any, ...], *, ship: bool = True) -> None:
+        """Queue a structural operation (never dropped for space); with ``ship``, ship
+        everything now (else the shipper does, within ``interval``)."""
+        if self._closing:
+            self.lost += 1
+            _log.warning("tracking: %s after close, not sent", op[0])
+            return
+        self._outbox.append(op)
+        if self._shipper is None:
+            self._start()
+        if ship:
+            self._ship()
+
+    @property
+    def pending(self) -> int:
+        """Operations not yet delivered: the sender's count plus what is on its way there."""
+        if self._closed is not None:
+            return self._closed[1] + len(self._outbox)
+        return self._remote_pending + self.shipped - self._received + len(self._outbox)
+
+    @property
+    def dropped_metrics(self) -> int:
+        return self.dropped + self._remote_dropped
+
+    def mark(self) -> int:
+        mark = next(self._marks)
+        if self._shipper is not None and not self._closing:
+            self.put(("mark", mark), ship=False)  # a flush ships it (the runner's next)
+        return mark
+
+    def flush(self, timeout: float, *, upto: int | None = None) -> bool:
+        """Ask the sender to deliver (what was queued before ``upto``) and wait for its answer."""
+        if self._shipper is None:
+            return self._clean()  # nothing was ever queued
+        if self._closing:
+            return self._clean() and self._closed is not None and self._closed[0]
+        request = next(self._requests)
+        with self._state:
+            self._flushed[request] = None
+        self.put(("flush", request, timeout, upto))
+        # The sender keeps to ``timeout`` itself; the margin covers its answer's way back.
+        deadline = time.monotonic() + max(0.0, timeout) + 2.0
+        with self._state:
+            while self._flushed[request] is None and not self._gone:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._state.wait(left)
+            ok = bool(self._flushed.pop(request))
+        return self._clean() and ok
+
+    def close(self, timeout: float) -> bool:
+        """Flush (bounded, through failures), then end the sender. True if all was delivered."""
+        if self._closing:
+            return self._closed is not None and self._closed[0]
+        if self._shipper is None:
+            self._closing = True
+            return self._clean()
+        self.put(("close", timeout))
+        self._closing = True
+        self._wake.set()
+        deadline = time.monotonic() + max(0.0, timeout) + 5.0
+        with self._state:
+            while self._closed is None and not self._gone:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._state.wait(left)
+        self._shipper.join(timeout=2.0)
+        with self._ship_lock:
+            process, ops = self._process, self._ops
+            self._gone = True  # from here on nothing is sent
+        if process is not None:
+            process.join(timeout=5.0)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=2.0)
+            ops.close()
+        if self._reader is not None:
+            self._reader.join(timeout=2.0)
+        return bool(self._closed and self._closed[0]) and self._clean()
+
+    def _clean(self) -> bool:
+        lost = self.lost + self.dropped
+        clean = lost == self._lost_seen
+        self._lost_seen = lost
+        return clean
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if not self._warned_cap:
+            self._warned_cap = True
+            _log.warning(
+                "tracking: %d operations queued (tracking backend unreachable?): dropping new "
+                "metric points until it drains; `tuner sync` backfills reported values later",
+                self.pending,
+            )
+
+    # -- the sender process and the two threads that talk to it -----------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._shipper is None:
+                # The sender process starts in the shipper thread: the caller never waits on it,
+                # and what it queues meanwhile waits in the outbox.
+                shipper = threading.Thread(
+                    target=self._run_shipper, name="tuner-tracking-shipper", daemon=True
+                )
+                self._shipper = shipper
+                shipper.start()
+
+    def _run_shipper(self) -> None:
+        try:
+            self._boot()
+        except Exception:
+            _log.exception("tracking: cannot start the sender process; nothing reaches MLflow")
+            with self._state:
+                self._gone = True
+                self._state.notify_all()
+        self._ship()
+        while not self._closing:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._outbox and not self._closing:
+                self._ship()
+
+    def _boot(self) -> None:
+        from tuner.tracking._sender import serve
+
+        ctx = _sender_context(self._uri)
+        ops_out, ops_in = ctx.Pipe(duplex=False)
+        answers_out, answers_in = ctx.Pipe(duplex=False)
+        # Daemonic: it is killed if this process exits without closing the tracker, and it
+        # ends by itself if this process is killed (end of file on its pipe).
+        process = ctx.Process(
+            target=serve,
+            args=(ops_out, answers_in, os.getpid(), self._uri, self._options),
+            name="tuner-tracking-sender",
+            daemon=True,
+        )
+        # The child re-runs the caller's main script unless told otherwise, and a script
+        # without an ``if __name__ == "__main__"`` guard would start over there. The sender
+        # needs nothing from it: it gets a blank main module (swapped only for the instant
+        # the start takes; the fork server, if any, is already up).
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            process.start()
+        finally:
+            sys.modules["__main__"] = main
+        ops_out.close()
+        answers_in.close()
+        self._answers = answers_out
+        self._reader = threading.Thread(
+            target=self._read, name="tuner-tracking-answers", daemon=True
+        )
+        self._reader.start()
+        with self._ship_lock:
+            self._process, self._ops = process, ops_in
+            if self._gone:  # closed while it started: end of file tells it to stop
+                ops_in.close()
+
+    def _ship(self) -> None:
+        with self._ship_lock:
+            batch = []
+            try:
+                while True:
+                    batch.append(self._outbox.popleft())
+            except IndexError:
+                pass
+            if not batch:
+                return
+            if self._ops is None and not self._gone:
+                self._outbox.extendleft(reversed(batch))  # the sender is still starting
+                return
+            if not self._gone:
+                try:
+                    self._ops.send(batch)
+                    self.shipped += len(batch)
+                    return
+                except (OSError, ValueError):
+                    self._gone = True
+            self.lost += len(batch)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._answers.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "log":
+                logging.getLogger(message[1]).log(message[2], "%s", message[3])
+                continue
+            with self._state:
+                if kind == "run":
+                    self.run_ids[message[1]] = message[2]
+                elif kind == "parent":
+                    self.parent_run_id = message[1]
+                elif kind == "status":
+                    (self._received, self._remote_pending, self._remote_dropped,
+                     self.last_error) = message[1:]  # fmt: skip
+                elif kind == "flushed" and message[1] in self._flushed:  # still awaited
+                    self._flushed[message[1]] = message[2]
+                elif kind == "closed":
+                    self._closed = message[1:]
+                self._state.notify_all()
+        self._answers.close()
+        with self._state:
+            self._gone = True
+            self._state.notify_all()
+
+
 class MlflowRecorder:
     """Records one trial into its child run; every method only enqueues."""
 
-    __slots__ = ("_client", "_finished", "_flusher", "_handle", "_start")
+    __slots__ = ("_finished", "_key", "_sender", "_start")
 
-    def __init__(self, flusher: Flusher, handle: RunHandle, client: MlflowClient) -> None:
-        self._flusher = flusher
-        self._client = client  # used only by the flusher thread, inside the queued operations
-        self._handle = handle
+    def __init__(self, sender: _Sender, key: str) -> None:
+        self._sender = sender
+        self._key = key  # the run's tuner.run_key: the sender answers with the run id for it
         self._start = time.monotonic()
         self._finished = False
 
     @property
     def run_id(self) -> str | None:
-        """The child run id once the flusher created it (None before, or if it could not)."""
-        return self._handle.run_id
+        """The child run id once the sender created it (None before, or if it could not)."""
+        return self._sender.run_ids.get(self._key)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Queue ``metrics`` at ``step`` (microseconds; never waits on MLflow, never raises)."""
-        self._flusher.put_metrics(self._handle, metrics, step)
+        self._sender.put_log(self._key, metrics, step)
 
     def finish(self, outcome: str, *, tags: dict[str, str] | None = None) -> None:
         """Queue the outcome and duration tags and the run's end with the matching status."""
@@ -339,37 +645,17 @@ class MlflowRecorder:
         if self._finished:
             return
         self._finished = True
-        end_ms = _now_ms()
         end_tags = {
             # The runner may pass its own (more exact) duration; ours is the fallback.
             "tuner.duration_s": f"{time.monotonic() - self._start:.3f}",
             **(tags or {}),
             "tuner.outcome": outcome,
         }
-        status = OUTCOME_STATUS[outcome]
-        handle, client = self._handle, self._client
-        logged = False
-
-        def end(batch: list[MetricsOp]) -> None:
-            # One log_batch (params not sent yet, the last points, the end tags), one update.
-            nonlocal logged
-            assert handle.run_id is not None
-            if not logged:
-                _log_together(
-                    client, handle.run_id, metrics=_points(batch), params=handle.params,
-                    tags=end_tags,
-                )  # fmt: skip
-                logged = True
-                handle.params = None
-                for op in batch:
-                    op.done = True  # a retry of the status update resends none of them
-            terminate_run(client, handle.run_id, status, end_ms)
-
-        self._flusher.put_call(handle, end, "end of a trial's run", wake=True, merge=True)
+        self._sender.put(("finish", self._key, end_tags, OUTCOME_STATUS[outcome], _now_ms()))
 
 
 class MlflowTracker:
-    """A :class:`~tuner.tracking.Tracker` that writes to MLflow from one background thread.
+    """A :class:`~tuner.tracking.Tracker` that writes to MLflow from its own sender process.
 
     >>> tracker = MlflowTracker("sqlite:///mlflow.db", experiment="digits")  # doctest: +SKIP
     """
@@ -385,19 +671,11 @@ class MlflowTracker:
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
+        # Here only to open the study (synchronously, once); the sender has its own client.
         self._client = make_client(tracking_uri)
         self._http = _is_http(tracking_uri)
-        self._experiment_id: str | None = None
-        self._parent = RunHandle()
-        self._flusher = Flusher(
-            self._send_metrics,
-            is_transient=is_transient,
-            probe=_Prober(tracking_uri) if self._http else None,
-            max_queued=max_queued,
-            interval=interval,
-            max_backoff=max_backoff,
-            # A local store's sends are this process's CPU; a server's are mostly waiting.
-            eager=self._http,
+        self._flusher = _Sender(
+            tracking_uri, max_queued=max_queued, interval=interval, max_backoff=max_backoff
         )
 
     # -- Tracker API ------------------------------------------------------------------------
@@ -405,7 +683,7 @@ class MlflowTracker:
     @property
     def parent_run_id(self) -> str | None:
         """The parent run id, once known (also after a deferred ``open_study``)."""
-        return self._parent.run_id
+        return self._flusher.parent_run_id
 
     @property
     def dropped_metrics(self) -> int:
@@ -432,29 +710,18 @@ class MlflowTracker:
         then queued and retried like everything else (read :attr:`parent_run_id` later).
         """
         self.experiment = experiment
-
-        def open_now() -> None:
-            if self._parent.run_id is not None:
-                return
-            try:
-                self._experiment_id = ensure_experiment(self._client, experiment, self.tracking_uri)
-                self._parent.run_id = open_parent_run(
-                    self._client,
-                    experiment_id=self._experiment_id,
-                    study_name=study_name,
-                    existing_run_id=existing_parent_run_id,
-                    tags=tags,
-                )
-            except Exception as exc:
-                if not is_transient(exc):
-                    self._parent.failed = True
-                raise
-
         reachable = not self._http or probe_server(self.tracking_uri)
         try:
             if not reachable:
                 raise ConnectionError(f"no answer from {self.tracking_uri}/health")
-            open_now()
+            experiment_id = ensure_experiment(self._client, experiment, self.tracking_uri)
+            parent_run_id = open_parent_run(
+                self._client,
+                experiment_id=experiment_id,
+                study_name=study_name,
+                existing_run_id=existing_parent_run_id,
+                tags=tags,
+            )
         except Exception as exc:
             if not is_transient(exc):
                 raise TunerError(
@@ -466,61 +733,24 @@ class MlflowTracker:
                 redact_url(self.tracking_uri),
                 redact_url(str(exc)),
             )
-            self._flusher.put_call(self._parent, open_now, "open the study's parent run")
-        self._flusher.put_call(
-            self._parent,
-            lambda: log_artifacts(
-                self._client, self._need(self._parent), {"study.yaml": study_yaml_text}
-            ),
-            "log study.yaml",
-        )
-        return self._parent.run_id
+            self._flusher.put(
+                ("open_study", study_name, experiment, dict(tags), existing_parent_run_id)
+            )
+        else:
+            self._flusher.parent_run_id = parent_run_id
+            self._flusher.put(("opened", experiment_id, parent_run_id))
+        self._flusher.put(("study_yaml", study_yaml_text))
+        return self._flusher.parent_run_id
 
     def start_trial(
         self, *, number: int, params: Mapping[str, object], tags: dict[str, str]
     ) -> MlflowRecorder:
         """Queue the child run ``trial-<number>`` with its params and tags; return a recorder."""
-        handle = RunHandle()
-        flat = flatten_params(params)
-        run_key = uuid.uuid4().hex
-        start_ms = _now_ms()
-        run_tags = {
-            **tags,
-            "tuner.trial_number": str(number),
-            "tuner.run_key": run_key,
-        }
-        tried = False
-
-        def create() -> None:
-            nonlocal tried
-            try:
-                if handle.run_id is None:
-                    parent_id = self._need(self._parent)
-                    if tried:
-                        # The last attempt may have created the run before the connection
-                        # dropped: look for it instead of making a duplicate.
-                        handle.run_id = self._find_by_key(run_key)
-                    if handle.run_id is None:
-                        tried = True
-                        run = self._client.create_run(
-                            self._experiment_id or "",
-                            start_time=start_ms,
-                            tags=_tag_dict({MLFLOW_PARENT_RUN_ID: parent_id, **run_tags}),
-                            run_name=f"trial-{number}",
-                        )
-                        handle.run_id = run.info.run_id
-                # The params go with the run's first batch of points, or with its end.
-                handle.params = flat
-            except Exception as exc:
-                if not is_transient(exc) and handle.run_id is None:
-                    handle.failed = True
-                raise
-
-        self._flusher.put_call(handle, create, f"create run trial-{number}")
-        # No points: it carries the params to MLflow once ``interval`` passed without a report
-        # (a long trial shows its params while it runs; a short one sends them with its end).
-        self._flusher.put_metrics(handle, {}, 0)
-        return MlflowRecorder(self._flusher, handle, self._client)
+        key = uuid.uuid4().hex
+        self._flusher.put(
+            ("start_trial", key, number, flatten_params(params), dict(tags), _now_ms())
+        )
+        return MlflowRecorder(self._flusher, key)
 
     def update_study(
         self,
@@ -531,28 +761,20 @@ class MlflowTracker:
         step: int = 0,
     ) -> None:
         """Queue study-level metrics (at ``step``), tags and artifacts on the parent run."""
-        ts = _now_ms()
-        points = [m for k, v in metrics.items() if (m := to_metric(k, v, ts, step)) is not None]
-        tags = dict(tags or {})
-        artifacts = dict(artifacts or {})
-
-        def update() -> None:
-            run_id = self._need(self._parent)
-            log_entities(self._client, run_id, metrics=points, tags=tags)
-            if artifacts:
-                log_artifacts(self._client, run_id, artifacts)
-
-        self._flusher.put_call(self._parent, update, "update the study's parent run")
+        self._flusher.put(
+            (
+                "update_study",
+                dict(metrics),
+                dict(tags or {}),
+                dict(artifacts or {}),
+                step,
+                _now_ms(),
+            )
+        )
 
     def end_study(self) -> None:
         """Queue the parent run's end (FINISHED)."""
-        end_ms = _now_ms()
-        self._flusher.put_call(
-            self._parent,
-            lambda: terminate_run(self._client, self._need(self._parent), "FINISHED", end_ms),
-            "end the study's parent run",
-            wake=True,
-        )
+        self._flusher.put(("end_study", _now_ms()))
 
     def kill_trial(self, number: int, *, reason: str | None = None) -> None:
         """Queue the end of trial ``number``'s child run as KILLED (its worker died mid-trial).
@@ -561,29 +783,10 @@ class MlflowTracker:
         parent run. Only a RUNNING run is ended; when none exists (the dead worker never
         delivered it) there is nothing to close, and ``tuner sync`` creates it as KILLED.
         """
-        end_ms = _now_ms()
         tags = {"tuner.outcome": "interrupted"}
         if reason:
             tags["tuner.reason"] = reason
-
-        def kill() -> None:
-            parent = self._need(self._parent)
-            runs = self._client.search_runs(
-                [self._experiment_id or ""],
-                filter_string=(
-                    f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' "
-                    f"AND tags.`tuner.trial_number` = '{int(number)}' "
-                    "AND attributes.status = 'RUNNING'"
-                ),
-                max_results=10,
-            )
-            for run in runs:
-                log_entities(self._client, run.info.run_id, tags=tags)
-                terminate_run(self._client, run.info.run_id, OUTCOME_STATUS["interrupted"], end_ms)
-            if not runs:
-                _log.info("tracking: trial %d has no running MLflow run to close", number)
-
-        self._flusher.put_call(self._parent, kill, f"end run trial-{number} as KILLED", wake=True)
+        self._flusher.put(("kill_trial", number, tags, _now_ms()))
 
     def flush(self, timeout: float, *, upto: int | None = None) -> bool:
         """Wait up to ``timeout`` s for what was queued (before the mark ``upto``, if given);
@@ -598,7 +801,7 @@ class MlflowTracker:
         return self._flusher.mark()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush (bounded) and stop the flusher; warn about anything left undelivered."""
+        """Flush (bounded), end the sender process; warn about anything left undelivered."""
         delivered = self._flusher.close(timeout)
         if not delivered:
             _log.warning(
@@ -608,27 +811,6 @@ class MlflowTracker:
                 redact_url(self.tracking_uri),
                 self._flusher.dropped_metrics,
             )
-
-    # -- inside the flusher thread ----------------------------------------------------------
-
-    @staticmethod
-    def _need(handle: RunHandle) -> str:
-        if handle.run_id is None:
-            raise PermanentError("the study's parent run could not be opened")
-        return handle.run_id
-
-    def _find_by_key(self, run_key: str) -> str | None:
-        runs = self._client.search_runs(
-            [self._experiment_id or ""],
-            filter_string=f"tags.`tuner.run_key` = '{run_key}'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
-
-    def _send_metrics(self, handle: RunHandle, ops: list[MetricsOp]) -> None:
-        assert handle.run_id is not None
-        _log_together(self._client, handle.run_id, metrics=_points(ops), params=handle.params)
-        handle.params = None
 
 
 def _log_together(

@@ -1,6 +1,7 @@
 """The background flusher: one thread that owns the tracking client and sends queued operations.
 
-The trial's thread only appends to a deque (a few microseconds, no lock, no I/O). The flusher
+It runs in the tracker's sender process (:mod:`tuner.tracking._sender`), fed by the trial's
+process through a pipe; there the feeding thread only appends to a deque. The flusher
 wakes every ``interval`` seconds (or at once on ``flush``/``finish``), sends what accumulated in
 order, merging each run's metrics into batches, and on a transient failure keeps everything
 queued and backs off. Past ``max_queued`` operations new metric points are dropped (counted,
@@ -10,8 +11,8 @@ a long outage and ``tuner sync`` can backfill the curves from the study database
 Every operation is marked done once sent, so a retry after a partial failure resends nothing that
 already arrived (run creation, the one non-idempotent call, also guards itself).
 
-Calls are kept few, since the flusher's CPU work competes with training for the GIL (and, for a
-server, the server's work for the cores): a run's metric points wait while they are younger than
+Calls are kept few, since the flusher's CPU work competes with training for the cores (and, for
+a server, the server's work too): a run's metric points wait while they are younger than
 ``interval`` and nothing asked for them (a ``flush`` does), so a short trial's points all go with
 its end, and an operation queued with ``merge`` (a run's end) takes its run's pending points
 along in the same request.
@@ -101,8 +102,8 @@ class Flusher:
 
     ``send_metrics(handle, ops)`` sends a run's metric ops (in batches it chooses) and raises on
     failure; ``is_transient(exc)`` says whether a failure is worth retrying; ``probe()``, when
-    given, is a cheap reachability check made before each round so that an unreachable server
-    costs a refused connection, not the tracking client's own long retry loop.
+    given, is a cheap reachability check made before each round while the backend is down, so
+    that an outage costs a refused connection per round, not a whole batch's requests.
     """
 
     def __init__(
@@ -115,7 +116,7 @@ class Flusher:
         interval: float = 0.2,
         max_backoff: float = 15.0,
         ops_per_round: int = 20_000,
-        eager: bool = True,
+        on_round: Callable[[], None] | None = None,
     ) -> None:
         self._send_metrics = send_metrics
         self._is_transient = is_transient
@@ -124,11 +125,8 @@ class Flusher:
         self._interval = interval
         self._max_backoff = max_backoff
         self._ops_per_round = ops_per_round
-        # Eager: a round takes everything queued (sending overlaps training; right when sending
-        # is mostly waiting on a server). Lazy: only what a flush asked for or what has waited
-        # ``interval`` (right when sending is CPU work in this process, a local store: it runs
-        # while the trial waits in its flush instead of fighting the trial for the GIL).
-        self._eager = eager
+        # Called after every send round (the sender reports its progress to the trial's process).
+        self._on_round = on_round
         # deque.append and len are atomic under the GIL: the hot path needs no lock. Producers
         # append to the inbox; only the flusher pops it (under _progress) into its own list.
         self._queue: collections.deque[Op] = collections.deque()
@@ -154,12 +152,16 @@ class Flusher:
 
     # -- producer side (any thread) ---------------------------------------------------------
 
-    def put_metrics(self, handle: RunHandle, metrics: dict[str, Any], step: int) -> None:
-        """Queue one ``log`` call; drop it (counted) when the queue is full or closed."""
+    def put_metrics(
+        self, handle: RunHandle, metrics: dict[str, Any], step: int, ts: int | None = None
+    ) -> None:
+        """Queue one ``log`` call (made at ``ts`` ms, default now); drop it (counted) when the
+        queue is full or closed."""
         if len(self._queue) + len(self._pending) >= self._max_queued or self._closing:
             self._drop_metrics()
             return
-        op = MetricsOp(next(self._seq), handle, dict(metrics), step, time.time_ns() // 1_000_000)
+        ts = time.time_ns() // 1_000_000 if ts is None else ts
+        op = MetricsOp(next(self._seq), handle, dict(metrics), step, ts)
         self._queue.append(op)
         if self._thread is None:
             self._start()
@@ -296,20 +298,14 @@ class Flusher:
         with self._progress:
             self._rounds += 1
             this_round = self._rounds
-            if self._eager or self._closing:
-                while self._queue and len(self._pending) < self._ops_per_round:
-                    self._pending.append(self._queue.popleft())
-            else:
-                upto = self._flush_upto
-                old_enough = time.time_ns() // 1_000_000 - int(self._interval * 1000)
-                while self._queue and len(self._pending) < self._ops_per_round:
-                    head = self._queue[0]
-                    if head.seq > upto and head.timestamp_ms > old_enough:
-                        break
-                    self._pending.append(self._queue.popleft())
+            # A round takes everything queued: sending overlaps training (it runs in the
+            # sender process, beside the trial's).
+            while self._queue and len(self._pending) < self._ops_per_round:
+                self._pending.append(self._queue.popleft())
             self._head_seq = self._pending[0].seq if self._pending else None
         try:
-            if self._probe is not None and not self._probe():
+            # While the backend is down, a cheap probe tells whether to try the real requests.
+            if self._probe is not None and self._last_error is not None and not self._probe():
                 self._note_failure("tracking server unreachable", this_round)
                 return False
             self._send(list(self._pending))
@@ -324,6 +320,8 @@ class Flusher:
                     self._pending.popleft()
                 self._head_seq = self._pending[0].seq if self._pending else None
                 self._progress.notify_all()
+            if self._on_round is not None:
+                self._on_round()
         if self._last_error is not None:
             _log.warning("tracking: backend reachable again, sending queued data")
             self._last_error = None
