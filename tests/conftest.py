@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 
@@ -89,3 +91,27 @@ def make_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
         return path
 
     return make
+
+
+def wait_for_study(
+    storage: str,
+    ready: Callable[[optuna.Study], bool],
+    *,
+    study_name: str = "test-study",
+    timeout: float = 120.0,
+) -> optuna.Study:
+    """Poll the study (written by another process) until ``ready(study)``; fail on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:  # not created yet
+            continue
+        if ready(study):
+            return study
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for study {study_name!r}")
+
+
+def complete_count(study: optuna.Study) -> int:
+    return len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))

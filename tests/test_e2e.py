@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import REGRESSION, REPO
+from tests.conftest import REGRESSION, REPO, complete_count, wait_for_study
 
 pytestmark = pytest.mark.slow
 
@@ -61,15 +60,7 @@ def test_ctrl_c_then_resume_gives_exactly_the_budget(make_study, tmp_path):
         [sys.executable, "-m", "tuner", "launch", str(path)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        try:
-            study = optuna.load_study(study_name="test-study", storage=storage)
-        except KeyError:
-            continue
-        if len(study.get_trials(states=(TrialState.COMPLETE,))) >= 2:
-            break
+    wait_for_study(storage, lambda study: complete_count(study) >= 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -101,6 +92,12 @@ def test_digits_reaches_97_percent_with_its_default_budget(tmp_path):
     assert (tmp_path / "mlflow.db").exists()  # the default tracking store, in the cwd
 
 
+def running_with_config(study: optuna.Study) -> bool:
+    """A trial is inside its objective: sampled, its configuration recorded."""
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    return bool(running) and "tuner:config" in running[0].user_attrs
+
+
 def test_sigterm_stops_a_worker_cleanly_and_requeues_its_trial(make_study, tmp_path):
     """What `docker stop` or a Kubernetes eviction sends a worker."""
     slow = REGRESSION.replace(
@@ -113,16 +110,7 @@ def test_sigterm_stops_a_worker_cleanly_and_requeues_its_trial(make_study, tmp_p
         [sys.executable, "-m", "tuner", "worker", str(path)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        try:
-            study = optuna.load_study(study_name="test-study", storage=storage)
-        except KeyError:
-            continue
-        running = study.get_trials(states=(TrialState.RUNNING,))
-        if running and "tuner:config" in running[0].user_attrs:
-            break
+    wait_for_study(storage, running_with_config)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

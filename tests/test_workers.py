@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import REGRESSION
+from tests.conftest import REGRESSION, complete_count, wait_for_study
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -88,22 +88,21 @@ def test_a_worker_killed_mid_trial_is_detected_and_its_trial_retried(
                       params={"sleep": 1.5}, workers=FAST_HEARTBEAT)  # fmt: skip
     victim = start_worker(path, tmp_path)
     survivor = start_worker(path, tmp_path)
-    killed_number = None
-    deadline = time.monotonic() + 120
-    while killed_number is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        try:
-            study = optuna.load_study(study_name="test-study", storage=fresh_postgres_url)
-        except KeyError:
-            continue
-        for t in study.get_trials(states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("tuner:worker", "").endswith(f"/{victim.pid}") and (
-                "tuner:config" in t.user_attrs
-            ):
-                os.kill(victim.pid, signal.SIGKILL)
-                killed_number = t.number
-                break
-    assert killed_number is not None, "the victim never ran a trial"
+
+    def victim_running(study: optuna.Study) -> bool:
+        return any(
+            t.user_attrs.get("tuner:worker", "").endswith(f"/{victim.pid}")
+            and "tuner:config" in t.user_attrs
+            for t in study.get_trials(states=(TrialState.RUNNING,))
+        )
+
+    study = wait_for_study(fresh_postgres_url, victim_running)
+    os.kill(victim.pid, signal.SIGKILL)
+    (killed_number,) = [
+        t.number
+        for t in study.get_trials(states=(TrialState.RUNNING,))
+        if t.user_attrs.get("tuner:worker", "").endswith(f"/{victim.pid}")
+    ]
     victim.wait(timeout=30)
     out = finish([survivor])[0]
     assert survivor.returncode == 0, out
@@ -126,15 +125,9 @@ def test_status_cleans_up_a_trial_whose_worker_is_gone(make_study, tmp_path, fre
     path = make_study(SLEEPY, storage=fresh_postgres_url, budget={"trials": 3},
                       params={"sleep": 30}, workers=FAST_HEARTBEAT)  # fmt: skip
     victim = start_worker(path, tmp_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        try:
-            study = optuna.load_study(study_name="test-study", storage=fresh_postgres_url)
-        except KeyError:
-            continue
-        if study.get_trials(states=(TrialState.RUNNING,)):
-            break
+    wait_for_study(
+        fresh_postgres_url, lambda study: bool(study.get_trials(states=(TrialState.RUNNING,)))
+    )
     victim.kill()
     victim.wait(timeout=30)
     time.sleep(FAST_HEARTBEAT["grace_period"] + 1)
@@ -170,15 +163,7 @@ def test_workers_carry_on_through_a_postgres_restart(make_study, tmp_path, fresh
                       params={"sleep": 0.5},
                       workers={"heartbeat_interval": 1, "grace_period": 30})  # fmt: skip
     procs = [start_worker(path, tmp_path) for _ in range(2)]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
-        try:
-            study = optuna.load_study(study_name="test-study", storage=fresh_postgres_url)
-        except KeyError:
-            continue
-        if len(study.get_trials(states=(TrialState.COMPLETE,))) >= 2:
-            break
+    wait_for_study(fresh_postgres_url, lambda study: complete_count(study) >= 2)
     _restart_postgres()
     outputs = finish(procs)
     assert [p.returncode for p in procs] == [0, 0], outputs
