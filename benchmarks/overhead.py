@@ -34,21 +34,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna
-import yaml
 
+from benchmarks._study import write_study
 from tuner.launch import open_session
 from tuner.runner import Worker
 from tuner.studyfile import load_study_file
 
 TARGET = 1.15
-
-# The search section both arms explore: three optimizers with their catalog ranges, three
-# schedules, a searched warmup fraction.
-SEARCH = {
-    "optimizers": {"adamw": {}, "sgd": {}, "nesterov": {}},
-    "schedules": ["constant", "cosine", "step"],
-    "warmup": {"fraction": {"low": 0.0, "high": 0.1}},
-}
 
 
 def raw_objective(trial: optuna.Trial) -> float:
@@ -82,23 +74,13 @@ def raw_objective(trial: optuna.Trial) -> float:
 
 
 def write_study_file(workdir: Path, trials: int) -> Path:
-    (workdir / "noop.py").write_text("def objective(trial):\n    return 0.0\n")
-    doc = {
-        "name": "tuner",
-        "objective": "noop.py:objective",
-        "direction": "minimize",
-        "metric": "loss",
-        "budget": {"trials": trials, "epochs": 1},
-        "storage": f"sqlite:///{workdir / 'tuner.db'}",
-        "sampler": {"name": "tpe", "seed": 0},
-        "pruner": {"name": "none"},
-        "search": SEARCH,
-        "mlflow": {"tracking_uri": "off"},
-        "workers": {"devices": ["cpu"]},
-    }
-    path = workdir / "study.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return write_study(
+        workdir,
+        name="tuner",
+        storage=f"sqlite:///{workdir / 'tuner.db'}",
+        trials=trials,
+        objective="def objective(trial):\n    return 0.0\n",
+    )
 
 
 class Lockstep:

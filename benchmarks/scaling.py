@@ -40,9 +40,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
+from benchmarks._study import write_study
 from tests.pgutil import fresh_postgres_database, postgres_unavailable_reason
 from tuner.runner import open_study
 from tuner.storage import open_storage
@@ -51,35 +51,16 @@ from tuner.studyfile import load_study_file
 TARGET = 0.9
 SLEEP_S = 2.0
 
-SEARCH = {
-    "optimizers": {"adamw": {}, "sgd": {}, "nesterov": {}},
-    "schedules": ["constant", "cosine", "step"],
-    "warmup": {"fraction": {"low": 0.0, "high": 0.1}},
-}
 
-
-def write_study(
+def write_scaling_study(
     workdir: Path, url: str, *, trials: int, sleep_s: float, sampler: str = "tpe"
 ) -> Path:
-    (workdir / "obj.py").write_text(
+    objective = (
         f"import time\n\ndef objective(trial):\n    time.sleep({sleep_s!r})\n    return 0.0\n"
     )
-    doc = {
-        "name": "scaling",
-        "objective": "obj.py:objective",
-        "direction": "minimize",
-        "metric": "loss",
-        "budget": {"trials": trials, "epochs": 1},
-        "storage": url,
-        "sampler": {"name": sampler, "seed": 0},
-        "pruner": {"name": "none"},
-        "search": SEARCH,
-        "mlflow": {"tracking_uri": "off"},
-        "workers": {"devices": ["cpu"]},
-    }
-    path = workdir / "study.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return write_study(
+        workdir, name="scaling", storage=url, trials=trials, objective=objective, sampler=sampler
+    )
 
 
 # --- 1. throughput ----------------------------------------------------------------------------
@@ -100,7 +81,7 @@ def completions_by_worker(url: str) -> dict[str, list[datetime]]:
 def throughput(n_workers: int, window_s: float, sampler: str) -> dict[str, float]:
     """Trials per second of ``n_workers`` worker processes in their steady state."""
     with fresh_postgres_database("tuner_bench") as url, tempfile.TemporaryDirectory() as tmp:
-        path = write_study(Path(tmp), url, trials=100_000, sleep_s=SLEEP_S, sampler=sampler)
+        path = write_scaling_study(Path(tmp), url, trials=100_000, sleep_s=SLEEP_S, sampler=sampler)
         # Tables and study first: workers that all create the schema of an empty database at
         # once can collide in PostgreSQL's catalog (a known race of concurrent CREATE TABLE).
         study_file = load_study_file(path)
@@ -223,9 +204,9 @@ def run_growth(trials: int) -> None:
         timers.wrap(tuner.space, "sample_config", "sampler"),
         timers.wrap(optuna.samplers.TPESampler, "sample_independent", "tpe"),
         timers.wrap(optuna.Study, "ask", "ask_tell"),
-        timers.wrap(tuner.runner, "_tell", "ask_tell"),
+        timers.wrap(tuner.runner, "tell", "ask_tell"),
         # tuner's own database work, timed directly: the budget counts and the trial records.
-        timers.wrap(tuner.runner, "_budget_counts", "own_sql"),
+        timers.wrap(tuner.runner, "budget_counts", "own_sql"),
         timers.wrap(tuner.runner, "set_user_attrs", "own_sql"),
     ]
     rows: list[dict[str, float]] = []
@@ -268,7 +249,9 @@ def run_growth(trials: int) -> None:
 
     try:
         with fresh_postgres_database("tuner_bench") as url, tempfile.TemporaryDirectory() as tmp:
-            study_file = load_study_file(write_study(Path(tmp), url, trials=trials, sleep_s=0))
+            study_file = load_study_file(
+                write_scaling_study(Path(tmp), url, trials=trials, sleep_s=0)
+            )
             objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
             study, tracker = open_session(study_file)
             worker = Worker(study_file, study, objective, tracker, on_trial_end=trial_ended)
