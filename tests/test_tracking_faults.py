@@ -174,8 +174,9 @@ def test_sync_to_a_new_server_on_the_same_backend_completes_the_parent(
         doc = yaml.safe_load(path.read_text())
         doc["mlflow"]["tracking_uri"] = revived.url
         path.write_text(yaml.safe_dump(doc))
-        synced = invoke("sync", str(path))
-        assert "FINISHED" in synced.output
+        # A new process, as a user runs it (this one cached the old server's artifact client).
+        synced = sync_in_subprocess(path)
+        assert "FINISHED" in synced
         client = MlflowClient(revived.url)
         parent_id = check_every_trial_once(client, experiment, path)
         study = load(path)
@@ -190,9 +191,19 @@ def test_sync_to_a_new_server_on_the_same_backend_completes_the_parent(
         best = yaml.safe_load(artifact_text(client, parent_id, "best_config.yaml", tmp_path / "a"))
         assert best == study.best_trial.user_attrs["tuner:config"]
 
-        again = invoke("sync", str(path))
-        assert "0 runs created, 0 completed" in again.output
-        assert "parent already up to date, FINISHED" in again.output
+        again = sync_in_subprocess(path)
+        assert "0 runs created, 0 completed" in again
+        assert "parent already up to date, FINISHED" in again
+
+
+def sync_in_subprocess(path: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner", "sync", str(path)],
+        capture_output=True, text=True, timeout=300, cwd=path.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
 
 
 # -- two launches on a fresh store -----------------------------------------------------------
