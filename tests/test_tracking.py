@@ -31,6 +31,7 @@ from tuner.tracking import (
     make_tracker,
     sync_study,
 )
+from tuner.tracking._client import ensure_experiment, terminate_run
 
 METRIC = "val_accuracy"
 STUDY_YAML = "name: digits\nobjective: digits.py:objective\nmetric: val_accuracy\n"
@@ -206,6 +207,26 @@ def test_every_tracker_takes_a_report_in_microseconds(impl: Impl, experiment: st
     assert tracker.close(120)
     if impl.uri is not None:
         assert len(history(MlflowClient(impl.uri), recorder.run_id, METRIC)) == 3000
+
+
+def test_ending_a_run_is_one_quiet_store_write(
+    backend: Backend,
+    experiment: str,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # terminate_run uses MLflow's private store API on purpose (its docstring says why): pin
+    # that it is there, that it sets the status and end time, and that nothing is printed.
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    client = MlflowClient(backend.uri)
+    assert callable(client._tracking_client.store.update_run_info)
+    run = client.create_run(ensure_experiment(client, experiment, backend.uri))
+    capfd.readouterr()
+    terminate_run(client, run.info.run_id, "KILLED", 1_700_000_000_000)
+    ended = client.get_run(run.info.run_id)
+    assert (ended.info.status, ended.info.end_time) == ("KILLED", 1_700_000_000_000)
+    out, err = capfd.readouterr()
+    assert "View run" not in out + err
 
 
 # -- the MLflow layout -------------------------------------------------------------------------

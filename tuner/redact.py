@@ -32,7 +32,8 @@ _REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 # ``scheme://user:password@``: greedy up to the last "@" of the token, since a password may
 # itself hold an unescaped "@"; a token ends at whitespace or a quote.
 _USERINFO = re.compile(
-    r"(?P<head>(?:[A-Za-z][A-Za-z0-9+.\-]*:)?//[^:/@\s'\"<>]*:)(?P<secret>[^\s'\"<>]*)(?P<tail>@)"
+    r"(?P<head>(?:[A-Za-z][A-Za-z0-9+.\-]*:/{0,2}|//)[^:/@\s'\"<>]*:)"
+    r"(?P<secret>[^\s'\"<>]*)(?P<tail>@)"
 )
 # ``user:password@host`` with no ``//`` at all (a URL too broken to parse, as users write them).
 _BARE_USERINFO = re.compile(
