@@ -287,3 +287,29 @@ def test_cuda_fused_half_precision_tracks_float32(
         opt_half.step()
     for a, b in zip(full, half, strict=True):
         torch.testing.assert_close(b.float(), a, rtol=2e-2, atol=2e-2)
+
+
+def test_catalog_builds_the_usual_optimizer_off_cuda() -> None:
+    """``fused=True`` asks for speed, not another update: on CPU the catalog ignores it, so one
+    objective runs on CPU and GPU workers alike."""
+    from tuner.optim import get_optimizer
+
+    for name in ("yogi", "adam", "sgd"):
+        spec = get_optimizer(name)
+        optimizer = spec.build(
+            torch.nn.Linear(2, 1).parameters(), spec.to_kwargs(spec.defaults()), fused=True
+        )
+        assert not optimizer.param_groups[0].get("fused")
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["yogi", "adam", "adamw"])
+def test_catalog_builds_fused_on_cuda(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from tuner.export import build_optimizer
+
+    model = torch.nn.Linear(4, 2).cuda()
+    optimizer, _ = build_optimizer(model.parameters(), {"optimizer": name}, 10, fused=True)
+    assert optimizer.param_groups[0]["fused"] is True
+    model(torch.ones(3, 4, device="cuda")).sum().backward()
+    optimizer.step()
