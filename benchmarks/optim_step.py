@@ -199,8 +199,9 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, median of {args.repeats} steps"
     )
     header = f"{'device':<6} {'path':<14} {'adam ms':>9} {'yogi ms':>9} {'yogi/adam':>10}  target"
-    print(header)
-    print("-" * len(header))
+    if not args.fused_only:
+        print(header)
+        print("-" * len(header))
     for device in [] if args.fused_only else devices:
         for foreach in (True, False):
             adam_s, yogi_s = bench(device, foreach, args)

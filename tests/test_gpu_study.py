@@ -18,7 +18,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"train_size": 256, "val_size": 128, "batch_size": 64, "width": 8, "blocks": 1}
+SMALL = {"train_size": 128, "val_size": 64, "batch_size": 32, "width": 4, "blocks": 1}
 
 
 def test_gpu_example_study_runs_with_a_small_setting(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_gpu_example_study_runs_with_a_small_setting(tmp_path: Path) -> None:
     study_file = yaml.safe_load((REPO / "studies" / "cifar_resnet.yaml").read_text())
     assert study_file["params"]["fused"] is True
     study_file["params"].update(SMALL)
-    study_file["budget"] = {"trials": 3, "epochs": 2}
+    study_file["budget"] = {"trials": 2, "epochs": 2}
     study_file["mlflow"] = {"tracking_uri": "off"}
     (tmp_path / "cifar_resnet.yaml").write_text(yaml.safe_dump(study_file))
 
@@ -38,7 +38,7 @@ def test_gpu_example_study_runs_with_a_small_setting(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="cifar-resnet", storage=f"sqlite:///{tmp_path}/tuner.db")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) >= 3, proc.stdout
+    assert len(finished) >= 2, proc.stdout
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert complete, proc.stdout
     for trial in complete:

@@ -231,17 +231,17 @@ class FusedTables:
             *(tuple(map(Tensor.data_ptr, tensors)) for tensors in lists),
             tuple(map(Tensor.numel, lists[0])),
         )
-        tables = self._kept.get(key) or self._entries.get(key)
-        if tables is None:
-            tables = _Tables(key, lists[0][0].device)
-            if capturing:
-                self._kept[key] = tables
-            elif self.capacity > 0:
-                self._entries[key] = tables
-                if len(self._entries) > self.capacity:
-                    self._entries.popitem(last=False)
-        elif key in self._entries:
-            self._entries.move_to_end(key)
+        tables = self._kept.get(key)
+        if tables is not None:
+            return tables
+        tables = self._entries.pop(key, None) or _Tables(key, lists[0][0].device)
+        if capturing:
+            # The graph reads these device tables at every replay: never evict them.
+            self._kept[key] = tables
+        elif self.capacity > 0:
+            self._entries[key] = tables  # most recently used last
+            if len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
         return tables
 
 
@@ -325,11 +325,13 @@ def fused_yogi(
         _kernel(_interpreting())[(table.blocks,)](
             table.rows,
             table.owners,
-            lr,
-            1.0 - beta1,
-            1.0 - beta2,
-            eps,
-            weight_decay,
+            # Python floats, so that Triton types them float32 whatever the caller passed (an
+            # int would be typed int32, and 1 specialized into a constant).
+            float(lr),
+            1.0 - float(beta1),
+            1.0 - float(beta2),
+            float(eps),
+            float(weight_decay),
             MAXIMIZE=maximize,
             WEIGHT_DECAY=weight_decay != 0,
             ALIGNED=table.aligned,
