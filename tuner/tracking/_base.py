@@ -147,8 +147,8 @@ class Tracker(Protocol):
         rec = tracker.start_trial(number=0, params={"lr": 1e-3}, tags={})
         rec.log({"val_accuracy": 0.9}, step=0)
         rec.finish("complete")
-        tracker.flush(timeout=10.0)
-        tracker.close()
+        tracker.flush(timeout=1.0)  # a trial's end: never waits on a failing backend
+        delivered = tracker.close(timeout=30.0)  # the patient, bounded wait at exit
     """
 
     @property

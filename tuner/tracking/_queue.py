@@ -158,6 +158,7 @@ class Flusher:
         # The breaker: closed (healthy) until a round fails or hangs; the next good round
         # closes it again. _round_started is when the round in flight began (None when idle).
         self._healthy = True
+        self._warned_failure = False  # an outage is warned about once, and its end too
         self._round_started: float | None = None
         # Every op up to this sequence number goes out in the next round, young or not.
         self._flush_upto = -1
@@ -276,9 +277,11 @@ class Flusher:
             return self._drained_up_to(target)
 
     def _trip(self, why: str) -> None:
+        # Only INFO: a busy store can be slow and fine. A hang turns into a failure (the
+        # request's timeout), and that one is a warning.
         if self._healthy:
             self._healthy = False
-            _log.warning("tracking: %s; trials no longer wait for it until it answers", why)
+            _log.info("tracking: %s; trials do not wait for MLflow until it answers", why)
         self._last_error = self._last_error or why
 
     def _drained_up_to(self, target: int) -> bool:
@@ -378,15 +381,17 @@ class Flusher:
                     self._pending.popleft()
                 self._head_seq = self._pending[0].seq if self._pending else None
                 self._progress.notify_all()
-        if not self._healthy:
+        if self._warned_failure:
             _log.warning("tracking: backend reachable again, sending queued data")
+        self._warned_failure = False
         self._healthy = True
         self._last_error = None
         return True
 
     def _note_failure(self, message: str) -> None:
         message = redact(message)
-        if self._healthy:
+        if not self._warned_failure:
+            self._warned_failure = True
             _log.warning("tracking: send failed, will retry with backoff: %s", message)
         with self._progress:
             self._healthy = False
