@@ -27,7 +27,7 @@ from click.testing import CliRunner, Result
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.mlflow_server import MlflowServer
+from tests.mlflow_server import MlflowServer, free_port
 from tests.test_tracking_e2e import (
     STATUS,
     artifact_text,
@@ -204,6 +204,22 @@ def sync_in_subprocess(path: Path) -> str:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
+
+
+def test_with_no_server_at_all_launch_says_what_is_left_and_sync_fails_clearly(
+    make_study: Callable[..., Path], experiment: str
+) -> None:
+    url = f"http://tuner:pw-{uuid.uuid4().hex[:6]}@127.0.0.1:{free_port()}"
+    path = tracked_study(make_study, url, experiment, budget={"trials": 2})
+    launched = invoke("launch", str(path))
+    said = launched.output + launched.stderr
+    assert "not delivered to MLflow" in said and "`tuner sync" in said, said
+    assert sum(t.state.is_finished() for t in load(path).trials) >= 2  # the study went on
+    failed = CliRunner().invoke(cli, ["sync", str(path)])
+    message = failed.output + failed.stderr
+    assert failed.exit_code == 1, message
+    assert "did not answer" in message and "run `tuner sync` again" in message
+    assert "Traceback" not in message and "pw-" not in message + said
 
 
 # -- two launches on a fresh store -----------------------------------------------------------

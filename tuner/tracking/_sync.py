@@ -26,6 +26,7 @@ from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.errors import TunerError
 from tuner.redact import redact
 from tuner.tracking._base import (
     OUTCOME_STATUS,
@@ -36,6 +37,7 @@ from tuner.tracking._base import (
 )
 from tuner.tracking._client import (
     ensure_experiment,
+    is_transient,
     log_artifacts,
     log_entities,
     make_client,
@@ -123,6 +125,33 @@ def sync_study(
     (60, 0, 0)
     """
     client = client or make_client(tracking_uri)
+    try:
+        return _sync(
+            study, client, tracking_uri, experiment=experiment, metric=metric,
+            parent_run_id=parent_run_id, study_yaml_text=study_yaml_text, tags=tags,
+            budget=budget,
+        )  # fmt: skip
+    except Exception as exc:
+        if isinstance(exc, TunerError) or not is_transient(exc):
+            raise
+        raise TunerError(
+            f"MLflow at {redact(tracking_uri)} did not answer ({redact(exc, tracking_uri)})",
+            hint="what sync delivered so far stays; run `tuner sync` again once MLflow is up",
+        ) from None
+
+
+def _sync(
+    study: optuna.Study,
+    client: MlflowClient,
+    tracking_uri: str,
+    *,
+    experiment: str,
+    metric: str,
+    parent_run_id: str | None,
+    study_yaml_text: str | None,
+    tags: Mapping[str, str] | None,
+    budget: int | None,
+) -> SyncReport:
     experiment_id = ensure_experiment(client, experiment, tracking_uri)
     known = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
     parent = open_parent_run(
