@@ -8,6 +8,10 @@ The design is one background daemon thread per tracker, in the trial's own proce
 backoff and the circuit breaker, and calls the :mod:`~tuner.tracking._client` helpers. A
 report crosses one hand-off (a deque append) before the flusher sends it. ``open_study`` is the
 one synchronous call (it needs the parent run id); everything after it is queued.
+
+Not MLflow 3's own async logging (``log_batch(..., synchronous=False)``): its queue is unbounded,
+its failures reach only whoever waits on its futures, and it drains in an ``atexit`` hook with
+no time limit, so a hung server would hold the process's exit (see ``log_entities``).
 """
 
 from __future__ import annotations
