@@ -115,14 +115,16 @@ def launch(study_path: Path, trials: int | None, timeout: str | None, quiet: boo
 
     _setup_logging(quiet)
     study_file = _load(study_path, trials=trials, timeout=timeout)
-    summary = run_launch(study_file, echo=(lambda _: None) if quiet else _echo)
+    summary, stop = run_launch(
+        study_file,
+        echo=(lambda _: None) if quiet else _echo,
+        live=sys.stderr.isatty(),
+        quiet=quiet,
+    )
     click.echo(summary.format())
-    if summary.stop_reason == "failures":
-        raise TunerError(
-            f"the study stopped early: {study_file.budget.max_failures} trials failed",
-            hint="fix the objective (the tracebacks are in the study database and MLflow), "
-            "or raise budget.max_failures",
-        )
+    _echo(stop.line)  # the last line says why it stopped; the exit code agrees
+    if stop.exit_code:
+        sys.exit(stop.exit_code)
 
 
 @cli.command()
@@ -133,24 +135,42 @@ def launch(study_path: Path, trials: int | None, timeout: str | None, quiet: boo
 )
 @click.option("--device-tag", hidden=True, help="The device name recorded in tags.")
 @click.option("--deadline", type=float, hidden=True, help="Unix time after which no trial starts.")
+@click.option("--trials", type=click.IntRange(min=1), help="Override budget.trials.")
+@click.option("--timeout", metavar="DURATION", help="Override budget.timeout (90s, 30m, 2h).")
+@click.option("--supervised-by", type=int, hidden=True, help="The pid of the tuner launch.")
+@click.option("--events-fd", type=int, hidden=True, help="Where to report trials to launch.")
 @click.option("--quiet", is_flag=True, help="No line per trial.")
 @_handle_errors
 def worker(
     study_path: Path, device: str | None, device_tag: str | None, deadline: float | None,
+    trials: int | None, timeout: str | None, supervised_by: int | None, events_fd: int | None,
     quiet: bool,
 ) -> None:  # fmt: skip
     """Join the study in STUDY.yaml and run trials on one device until its budget is spent."""
     from tuner.launch import run_worker
 
     _setup_logging(quiet)
-    study_file = _load(study_path)
-    reason = run_worker(
-        study_file,
-        echo=(lambda _: None) if quiet else _echo,
-        device=device,
-        device_tag=device_tag,
-        deadline=deadline,
-    )
+    if supervised_by is not None:
+        import faulthandler
+
+        # A crash in native code (a segfault) prints where the trial was before the worker
+        # dies; launch relays it and fails that trial.
+        faulthandler.enable(all_threads=False)
+    study_file = _load(study_path, trials=trials, timeout=timeout)
+    try:
+        reason = run_worker(
+            study_file,
+            echo=(lambda _: None) if quiet else _echo,
+            device=device,
+            device_tag=device_tag,
+            deadline=deadline,
+            supervisor_pid=supervised_by,
+            events_fd=events_fd,
+        )
+    except KeyboardInterrupt:
+        if supervised_by is None:
+            raise
+        sys.exit(130)  # launch asked; it tells the user what became of the trials
     if not quiet:
         _echo(f"worker done ({reason})")
 
@@ -313,10 +333,11 @@ def _load_existing_study(study_file: Any, *, heartbeats: bool = False) -> Any:
     from tuner.storage import open_storage
     from tuner.tracking import NullTracker
 
+    # Reading a study never creates one: a wrong folder is an error, not a new empty file.
     if heartbeats:
-        storage = open_study_storage(study_file, NullTracker())
+        storage = open_study_storage(study_file, NullTracker(), create=False)
     else:
-        storage = open_storage(study_file.storage)
+        storage = open_storage(study_file.storage, create=False)
     try:
         return optuna.load_study(study_name=study_file.name, storage=storage)
     except KeyError:

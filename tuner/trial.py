@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,8 @@ class Trial:
     metric: str = "value"
     direction: str = "minimize"
     recorder: TrialRecorder | None = None
+    # Told of every report (step, value): a supervisor's progress display shows the step.
+    on_report: Callable[[int, float], None] | None = field(default=None, repr=False)
     _first_value: float | None = field(default=None, repr=False)
     _last_step: int | None = field(default=None, repr=False)
     _optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
@@ -103,6 +105,8 @@ class Trial:
         value = float(value)
         self._last_step = step
         self._log({self.metric: value}, step)
+        if self.on_report is not None:
+            self.on_report(step, value)
         # The value reaches the study database before divergence is raised, so the sampler
         # sees the bad value at the step it happened.
         self.optuna.report(value, step)
