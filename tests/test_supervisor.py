@@ -192,10 +192,10 @@ def _three_running(path: Path) -> tuple[subprocess.Popen[str], set[int]]:
     proc = start_launch(path)
     wait_for_study(
         storage_of(path),
-        lambda s: sum(
-            "tuner:config" in t.user_attrs for t in s.get_trials(states=(TrialState.RUNNING,))
-        )
-        == 3,
+        lambda s: (
+            sum("tuner:config" in t.user_attrs for t in s.get_trials(states=(TrialState.RUNNING,)))
+            == 3
+        ),
         timeout=60,
     )
     started = descendants(proc.pid)
@@ -239,14 +239,12 @@ def test_a_worker_paused_past_the_grace_period_goes_on_without_a_traceback(make_
                  "grace_period": 3},
     )  # fmt: skip
     proc = start_launch(path)
-    study = wait_for_study(
-        storage_of(path),
-        lambda s: any("tuner:config" in t.user_attrs for t in s.get_trials(states=(TrialState.RUNNING,))),
-        timeout=60,
-    )  # fmt: skip
-    paused = next(
-        t for t in study.get_trials(states=(TrialState.RUNNING,)) if "tuner:config" in t.user_attrs
-    )
+
+    def configured(s: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+        running = s.get_trials(states=(TrialState.RUNNING,))
+        return [t for t in running if "tuner:config" in t.user_attrs]
+
+    paused = configured(wait_for_study(storage_of(path), configured, timeout=60))[0]
     pid = int(paused.user_attrs["tuner:worker"].rsplit("/", 1)[1])
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -258,7 +256,7 @@ def test_a_worker_paused_past_the_grace_period_goes_on_without_a_traceback(make_
         )
     finally:
         os.kill(pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "Error" not in err
     assert err.count(f"trial {paused.number}: another process failed this trial") == 1
