@@ -208,7 +208,7 @@ def status(study_path: Path) -> None:
 def best(study_path: Path, fmt: str, output: Path | None) -> None:
     """The winning configuration, ready for `tuner.load_optimizer_config` or as torch code."""
     from tuner.export import OptimizerConfig
-    from tuner.render import render_torch_code
+    from tuner.render import render_torch_script
 
     _setup_logging()
     study_file = _load(study_path)
@@ -221,10 +221,15 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
             hint="run `tuner launch` first, or `tuner status` to see how the trials went",
         ) from None
     config = OptimizerConfig.from_dict(trial.user_attrs["tuner:config"])
+    total_steps = trial.user_attrs.get("tuner:total_steps")
+    header = [f"{study_file.name}: trial {trial.number}, {study_file.metric} {trial.value:.6g}."]
+    if not isinstance(total_steps, int):
+        header.append("Its objective recorded no total_steps (it did not call build_optimizer).")
+        total_steps = 10_000
     text = {
         "yaml": config.to_yaml,
         "json": config.to_json,
-        "python": lambda: render_torch_code(config),
+        "python": lambda: render_torch_script(config, total_steps=total_steps, header=header),
     }[fmt]()
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
