@@ -111,6 +111,9 @@ def cli() -> None:
 @_handle_errors
 def launch(study_path: Path, trials: int | None, timeout: str | None, quiet: bool) -> None:
     """Create or resume the study in STUDY.yaml and run it to its budget on this machine."""
+    if not quiet:
+        # At once: validating the file imports torch (the catalog), which takes seconds.
+        _echo(f"tuner launch: checking {study_path.resolve()}")
     from tuner.launch import launch as run_launch
 
     _setup_logging(quiet)
@@ -208,6 +211,7 @@ def status(study_path: Path) -> None:
 def best(study_path: Path, fmt: str, output: Path | None) -> None:
     """The winning configuration, ready for `tuner.load_optimizer_config` or as torch code."""
     from tuner.export import OptimizerConfig
+    from tuner.keys import ATTR
     from tuner.render import render_torch_script
 
     _setup_logging()
@@ -220,8 +224,8 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
             f"study {study_file.name!r} has no complete trial yet",
             hint="run `tuner launch` first, or `tuner status` to see how the trials went",
         ) from None
-    config = OptimizerConfig.from_dict(trial.user_attrs["tuner:config"])
-    total_steps = trial.user_attrs.get("tuner:total_steps")
+    config = OptimizerConfig.from_dict(trial.user_attrs[ATTR.CONFIG])
+    total_steps = trial.user_attrs.get(ATTR.TOTAL_STEPS)
     header = [f"{study_file.name}: trial {trial.number}, {study_file.metric} {trial.value:.6g}."]
     if not isinstance(total_steps, int):
         header.append("Its objective recorded no total_steps (it did not call build_optimizer).")
@@ -249,8 +253,8 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
 @_handle_errors
 def report(study_path: Path, out_dir: Path | None) -> None:
     """Plots and a summary of the study, also logged to its MLflow parent run."""
+    from tuner.keys import ATTR
     from tuner.report import write_report
-    from tuner.runner import ATTR
     from tuner.tracking import make_tracker
 
     _setup_logging()

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import optuna
 
 from tuner.errors import ConfigError, ObjectiveError, StorageError
+from tuner.keys import ATTR
 from tuner.progress import result_line
-from tuner.runner import ATTR, Worker, open_study
+from tuner.runner import Worker, open_study
 from tuner.storage import redact_url
 from tuner.summary import StudySummary, summarize
 

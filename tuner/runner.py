@@ -11,7 +11,6 @@ Its reads and writes of the study database live in :mod:`tuner.trialdb`.
 from __future__ import annotations
 
 import contextlib
-import enum
 import gc
 import logging
 import math
@@ -31,10 +30,10 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.errors import ConfigError
+from tuner.keys import ATTR, OUTCOMES, Outcome
 from tuner.storage import budget_lock, redact_url
 from tuner.trial import Trial, TrialDiverged
 from tuner.trialdb import (
-    OUTCOME_ATTR,
     TrialHeartbeat,
     budget_counts,
     fail_stale_trials,
@@ -60,36 +59,6 @@ __all__ = [
 
 log = logging.getLogger("tuner")
 
-
-class ATTR:
-    """Keys tuner keeps in Optuna's study and trial user attributes."""
-
-    CONFIG = "tuner:config"
-    OUTCOME = OUTCOME_ATTR
-    REASON = "tuner:reason"
-    TRACEBACK = "tuner:traceback"
-    HOST = "tuner:worker_host"
-    WORKER = "tuner:worker"  # host/pid: which process ran the trial
-    DEVICE = "tuner:device"
-    DURATION = "tuner:duration_s"
-    RETRY_OF = "tuner:retry_of"
-    METRIC = "tuner:metric"
-    PARENT_RUN = "tuner:mlflow_parent_run_id"
-
-
-class Outcome(str, enum.Enum):
-    """How a trial ended, as stored in its ``tuner:outcome`` attribute."""
-
-    COMPLETE = "complete"
-    PRUNED = "pruned"
-    DIVERGED = "diverged"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
-    # Never stored: another process ended the trial while its worker was silent.
-    LOST = "lost"
-
-
-OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.LOST)
 
 # The signal a worker's watchdog sends to its own main thread to cut a trial short.
 CUT_SHORT_SIGNAL = signal.SIGUSR1

@@ -538,8 +538,8 @@ def _schema_lock(url: str, dialect: str, connect_timeout: float) -> Iterator[Non
     "table alembic_version already exists"). SQLite files use the study's lock file."""
     if dialect == "sqlite":
         path = _sqlite_path(url)
-        if path is None:
-            yield
+        if path is None or not os.path.isdir(os.path.dirname(path)):
+            yield  # no file to share, or no folder: opening it fails with a clear message
         else:
             with _file_lock(path, purpose="creating the study tables"):
                 yield

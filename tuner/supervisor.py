@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.runner import ATTR, DEADLINE_GRACE, Outcome, timed_out_reason
+from tuner.keys import ATTR, Outcome
+from tuner.runner import DEADLINE_GRACE, timed_out_reason
 from tuner.trialdb import budget_counts, fail_stale_trials, heartbeat_interval
 
 if TYPE_CHECKING:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from tuner.keys import ATTR
+
 if TYPE_CHECKING:
     import torch
 
@@ -93,7 +95,7 @@ class Trial:
         optimizer, scheduler = build_optimizer(params, self.config, total_steps)
         self._optimizer = optimizer
         # Kept with the trial so that reports can redraw its learning-rate curve.
-        self.optuna.set_user_attr("tuner:total_steps", int(total_steps))
+        self.optuna.set_user_attr(ATTR.TOTAL_STEPS, int(total_steps))
         return optimizer, scheduler
 
     def report(self, value: float, step: int) -> None:
