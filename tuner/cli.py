@@ -336,24 +336,10 @@ def sync(study_path: Path) -> None:
 
 
 def _load_existing_study(study_file: Any, *, heartbeats: bool = False) -> Any:
-    import optuna
-
-    from tuner.launch import open_study_storage
-    from tuner.storage import open_storage
-    from tuner.tracking import NullTracker
+    from tuner.session import load_study
 
     # Reading a study never creates one: a wrong folder is an error, not a new empty file.
-    if heartbeats:
-        storage = open_study_storage(study_file, NullTracker(), create=False)
-    else:
-        storage = open_storage(study_file.storage, create=False)
-    try:
-        return optuna.load_study(study_name=study_file.name, storage=storage)
-    except KeyError:
-        raise TunerError(
-            f"no study named {study_file.name!r} in {redact_url(study_file.storage)}",
-            hint="run `tuner launch` to create it",
-        ) from None
+    return load_study(study_file, heartbeats=heartbeats)
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from tuner.errors import ConfigError, ObjectiveError, StorageError
-from tuner.keys import ATTR
+from tuner.errors import ConfigError, ObjectiveError
 from tuner.progress import result_line
-from tuner.runner import Worker, open_study
+from tuner.runner import Worker
+from tuner.session import open_session as _open_session
+from tuner.session import open_study_storage
 from tuner.storage import redact_url
 from tuner.summary import StudySummary, summarize
 
@@ -75,73 +75,9 @@ def resolve_slots(devices: str | list[str], per_device: int) -> list[Slot]:
 
 
 def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
-    """Open the storage, the study (created or resumed) and the tracker with its parent run."""
-    _, study, tracker = _open_once(study_file)
-    return study, tracker
-
-
-def _open_once(
-    study_file: StudyFile,
-) -> tuple[optuna.storages.BaseStorage, optuna.Study, Tracker]:
-    from tuner.storage import dialect_of
-    from tuner.tracking import make_tracker
-
-    tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
-    storage = open_study_storage(study_file, tracker)
-    study = open_study(study_file, storage)
-    existing = study.user_attrs.get(ATTR.PARENT_RUN)
-    parent = tracker.open_study(
-        study_name=study_file.name,
-        experiment=study_file.mlflow.experiment,
-        study_yaml_text=study_file.raw_text,
-        tags={
-            "tuner.sampler": study_file.sampler.name,
-            "tuner.pruner": study_file.pruner.name,
-            "tuner.storage_dialect": dialect_of(study_file.storage),
-            "tuner.direction": study_file.direction,
-            "tuner.metric": study_file.metric,
-        },
-        existing_parent_run_id=existing,
-    )
-    if parent is not None and parent != existing:
-        study.set_user_attr(ATTR.PARENT_RUN, parent)
-    return storage, study, tracker
-
-
-def open_study_storage(
-    study_file: StudyFile, tracker: Tracker, *, create: bool = True
-) -> optuna.storages.BaseStorage:
-    """The study database with heartbeats on: a trial whose worker went silent for
-    ``workers.grace_period`` is failed, queued again, and its MLflow run closed as KILLED.
-    With ``create=False`` a missing database is an error instead of a new one."""
-    from tuner.storage import open_storage
-
-    return open_storage(
-        study_file.storage,
-        heartbeat_interval=study_file.workers.heartbeat_interval,
-        grace_period=study_file.workers.grace_period,
-        failed_trial_callback=_retry_stale_trials(tracker),
-        create=create,
-    )
-
-
-def _retry_stale_trials(
-    tracker: Tracker,
-) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    """The callback for a trial lost with its worker: queue it again with the same parameters,
-    and close its MLflow run as KILLED (no recorder of the dead worker will ever end it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-        if retry_cls is None:  # optuna < 4.9
-            retry_cls = optuna.storages.RetryFailedTrialCallback
-        retry = retry_cls(max_retry=3)
-
-    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        retry(study, trial)
-        tracker.kill_trial(trial.number, reason="its worker stopped sending heartbeats")
-
-    return on_stale
+    """The study (created or resumed) and the tracker: :func:`tuner.session.open_session`."""
+    session = _open_session(study_file)
+    return session.study, session.tracker
 
 
 def launch(
@@ -171,7 +107,8 @@ def launch(
     for slot in slots:
         _check_device(slot.tag)
     echo(f"workers: {len(slots)} ({_describe_slots(slots)})")
-    storage, study, tracker = _open(study_file)
+    session = _open_session(study_file)
+    storage, study, tracker = session.storage, session.study, session.tracker
     timeout = study_file.budget.timeout
     deadline = time.time() + timeout if timeout else None
     progress = Progress(study, study_file, echo, live=live and not quiet)
@@ -220,7 +157,8 @@ def run_worker(
     if device is None:
         device = resolve_slots(study_file.workers.devices, 1)[0].tag
     _check_device(device)
-    _, study, tracker = _open(study_file, patience=STARTUP_PATIENCE)
+    session = _open_session(study_file, patience=STARTUP_PATIENCE)
+    study, tracker = session.study, session.tracker
     if deadline is None and study_file.budget.timeout:
         deadline = time.time() + study_file.budget.timeout
     events = None
@@ -254,24 +192,6 @@ def run_worker(
 # How long a worker keeps trying to reach the study storage when it starts (a PostgreSQL
 # restart takes seconds; a server that is down for longer is an error worth seeing).
 STARTUP_PATIENCE = 60.0
-
-
-def _open(
-    study_file: StudyFile, *, patience: float = 0.0
-) -> tuple[optuna.storages.BaseStorage, optuna.Study, Tracker]:
-    """The storage, the study and the tracker; transient storage errors are retried for
-    ``patience`` seconds."""
-    give_up = time.monotonic() + patience
-    wait = 1.0
-    while True:
-        try:
-            return _open_once(study_file)
-        except StorageError as exc:
-            if not exc.transient or time.monotonic() + wait > give_up:
-                raise
-            log.warning("the study storage is not reachable yet (%s); retrying in %.0fs", exc, wait)
-            time.sleep(wait)
-            wait = min(wait * 2, 10.0)
 
 
 def _check_objective_file(study_file: StudyFile) -> None:

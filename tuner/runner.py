@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.errors import ConfigError
 from tuner.keys import ATTR, OUTCOMES, Outcome
 from tuner.storage import budget_lock, redact_url
 from tuner.trial import Trial, TrialDiverged
@@ -53,7 +52,6 @@ __all__ = [
     "Outcome",
     "TrialResult",
     "Worker",
-    "open_study",
     "trial_seed",
 ]
 
@@ -86,30 +84,6 @@ class TrialResult:
 def trial_seed(base: int, number: int) -> int:
     """A per-trial seed, stable across resumes and workers."""
     return (base * 1_000_003 + number) % (2**31)
-
-
-def open_study(study_file: StudyFile, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Create the study, or load it when a study of that name exists (resume, other workers)."""
-    from tuner.studyfile import make_pruner, make_sampler
-
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_file.name,
-        direction=study_file.direction,
-        sampler=make_sampler(study_file.sampler),
-        pruner=make_pruner(study_file.pruner, max_resource=study_file.budget.epochs),
-        load_if_exists=True,
-    )
-    wanted = optuna.study.StudyDirection[study_file.direction.upper()]
-    if study.direction != wanted:
-        raise ConfigError(
-            f"direction: study {study_file.name!r} already exists in the storage with direction "
-            f"{study.direction.name.lower()}, but the study file says {study_file.direction}",
-            hint="use another `name` for a new study",
-        )
-    if study.user_attrs.get(ATTR.METRIC) != study_file.metric:
-        study.set_user_attr(ATTR.METRIC, study_file.metric)
-    return study
 
 
 @dataclass

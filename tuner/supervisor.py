@@ -58,6 +58,9 @@ log = logging.getLogger("tuner")
 STOP_GRACE = 5.0
 # How long a worker's watchdog has, after a trial's time is up, before its process is killed.
 KILL_GRACE = 5.0
+# Each worker learns its slot number (0, 1, ...) from this variable; a replacement keeps the
+# number of the worker it replaces.
+WORKER_INDEX_ENV = "TUNER_WORKER_INDEX"
 # Longer lines of a worker's output are cut when relayed.
 MAX_LINE = 240
 # Consecutive failed starts of one slot (no trial begun) before the slot is given up.
@@ -134,6 +137,7 @@ class Supervisor:
         self._boot_failures: dict[int, int] = {}
         self._config_error: str | None = None
         self._given_up: list[str] = []
+        self._closing = False
         self._next_stale_check = 0.0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -164,6 +168,7 @@ class Supervisor:
         output_r, output_w = os.pipe()
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        env[WORKER_INDEX_ENV] = str(index)
         if slot.visible is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.visible
         budget = self.sf.budget
@@ -331,7 +336,7 @@ class Supervisor:
         how = _describe_exit(code)
         if w.running is not None:
             number = w.running.number
-            if w.killed_for == "stop" or self._stopping is not None or w.killed_for == "deadline":
+            if w.killed_for in ("stop", "deadline") or self._stopping is not None or self._closing:
                 reason = (
                     "interrupted: budget.timeout passed (it runs again)"
                     if w.killed_for == "deadline"
@@ -364,7 +369,7 @@ class Supervisor:
             self._spawn(w.index, w.slot)
 
     def _should_replace(self) -> bool:
-        if self._stopping is not None or self._config_error is not None:
+        if self._closing or self._stopping is not None or self._config_error is not None:
             return False
         if self.deadline is not None and time.time() >= self.deadline:
             return False
@@ -437,6 +442,7 @@ class Supervisor:
 
     def _kill_everything(self) -> None:
         """Nothing that launch started outlives it (an exception in the loop included)."""
+        self._closing = True
         for w in list(self.workers.values()):
             self._signal(w, signal.SIGTERM, group=False)
         deadline = time.monotonic() + STOP_GRACE
