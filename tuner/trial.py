@@ -63,6 +63,7 @@ class Trial:
     metric: str = "value"
     direction: str = "minimize"
     recorder: TrialRecorder | None = None
+    prune: bool = True  # False for replicates: they run to the end
     _first_value: float | None = field(default=None, repr=False)
     _last_step: int | None = field(default=None, repr=False)
     _optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
@@ -107,7 +108,7 @@ class Trial:
         # sees the bad value at the step it happened.
         self.optuna.report(value, step)
         self._check_divergence(value, step)
-        if self.optuna.should_prune():
+        if self.prune and self.optuna.should_prune():
             raise TrialPruned(f"pruned at step {step} with {self.metric}={value:.6g}")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
