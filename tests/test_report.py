@@ -356,3 +356,27 @@ def test_too_few_trials_for_importances_is_said_not_crashed(tmp_path: Path) -> N
     for name in ("parallel_coordinates", "score_vs_lr", "score_by_schedule"):
         assert name not in report.files
         assert "needs at least 5 complete trials, but got" in report.skipped[name]
+
+
+def test_a_collapsed_trial_is_marked_off_scale_and_does_not_squash_the_rest(
+    tmp_path: Path,
+) -> None:
+    from tuner.plots import robust_range
+
+    study = make_study(tmp_path, direction="maximize")
+    config = dict(study.trials[1].user_attrs["tuner:config"])
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=-5.0,  # collapsed, far below the scores near 0.9
+            user_attrs={"tuner:config": config, "tuner:outcome": "complete"},
+        )
+    )
+    report = write_report(study, tmp_path / "report")
+    for name in ("optimization_history", "best_per_optimizer", "score_vs_lr", "score_by_schedule"):
+        assert report.off_scale[name] == 1, name
+        assert_png(report.files[name])
+    values = [t.value for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    axis = robust_range(values)
+    assert not axis.inside(-5.0)
+    assert all(axis.inside(v) for v in values if v != -5.0)
+    assert axis.lo > 0.5  # the scores keep the whole height of the plot

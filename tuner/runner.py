@@ -299,6 +299,7 @@ class Worker:
                 number=ot.number,
                 params=_flat_params(config.to_dict()),
                 tags={
+                    **_replicate_tags(replicate),
                     "tuner.trial_number": str(ot.number),
                     "tuner.optimizer": config.optimizer,
                     "tuner.schedule": str(config.schedule.get("name")),
@@ -350,7 +351,14 @@ class Worker:
         duration = time.monotonic() - started
         self._record(ot, trial, outcome, value, reason, tb, diverged_step, duration, unwritten)
         if recorder is not None:
-            recorder.finish(outcome, tags={"tuner.duration_s": f"{duration:.3f}"})
+            recorder.finish(
+                outcome,
+                tags={
+                    "tuner.duration_s": f"{duration:.3f}",
+                    # The runs table tells outcomes and replicates apart by name.
+                    "mlflow.runName": _run_name(ot.number, outcome, replicate),
+                },
+            )
             # Wait (bounded) for the previous trial's MLflow data, not this one's: sending
             # overlaps the next trial, yet training never runs more than a trial ahead of
             # MLflow. The study database already holds everything; `tuner sync` backfills.
@@ -408,6 +416,24 @@ class Worker:
             # missing again, and tuner.compare queues it.
             if outcome == "interrupted" and REPLICATE_ATTR not in ot.user_attrs:
                 self.study.enqueue_trial(ot.params, user_attrs={ATTR.RETRY_OF: ot.number})
+
+
+def _replicate_tags(replicate: Mapping[str, Any] | None) -> dict[str, str]:
+    if replicate is None:
+        return {}
+    return {
+        "tuner.replicate_of": str(replicate["of"]),
+        "tuner.seed": str(replicate["seed"]),
+        "tuner.seed_index": str(replicate["index"]),
+    }
+
+
+def _run_name(number: int, outcome: str, replicate: Mapping[str, Any] | None) -> str:
+    """``trial-7``, ``trial-8 (pruned)``, ``trial-40 replicate of 7, seed 2``."""
+    name = f"trial-{number}"
+    if replicate is not None:
+        name += f" replicate of {replicate['of']}, seed {int(replicate['index']) + 1}"
+    return name if outcome == "complete" else f"{name} ({outcome})"
 
 
 def _as_value(returned: Any) -> float:
