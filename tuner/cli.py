@@ -61,6 +61,11 @@ def _setup_logging(quiet: bool = False) -> None:
     # MLflow and its migrations announce table creation at INFO; users need none of that.
     # MLflow sets its logger's level when it is imported (lazily, later), from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # Bounded MLflow requests (see HTTP_DEFAULTS); workers that launch starts inherit them.
+    from tuner.tracking import HTTP_DEFAULTS
+
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logger = logging.getLogger("tuner")
@@ -241,6 +246,7 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
 @_handle_errors
 def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:
     """Plots and a summary of the study, also logged to its MLflow parent run."""
+    from tuner.filenames import safe_filename
     from tuner.report import write_report
     from tuner.runner import ATTR
     from tuner.tracking import make_tracker
@@ -248,7 +254,8 @@ def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:
     _setup_logging()
     study_file = _load(study_path)
     study = _load_existing_study(study_file)
-    out_dir = out_dir or Path("reports") / study_file.name
+    # The study name is any string (``../../x`` too): it becomes one plain path component.
+    out_dir = out_dir or Path("reports") / safe_filename(study_file.name)
     written = write_report(
         study, out_dir, budget=study_file.budget.trials, compare=study_file.compare
     )
@@ -285,13 +292,13 @@ def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:
             artifacts={f"report/{p.name}": p.read_bytes() for p in written.files.values()},
         )
         tracker.end_study()
-        if not tracker.flush(timeout=60.0):
-            raise TunerError(
-                "the report could not be logged to MLflow (the tracking server did not answer)",
-                hint="the files are written locally; run `tuner report` again later",
-            )
     finally:
-        tracker.close(timeout=10.0)
+        delivered = tracker.close(timeout=60.0)
+    if not delivered:
+        raise TunerError(
+            "the report could not be logged to MLflow (the tracking server did not answer)",
+            hint="the files are written locally; run `tuner report` again later",
+        )
     _echo(f"logged to MLflow run {parent}")
 
 
@@ -314,7 +321,7 @@ def sync(study_path: Path) -> None:
     result = sync_study(
         study, study_file.mlflow.tracking_uri,
         experiment=study_file.mlflow.experiment, metric=study_file.metric,
-        study_yaml_text=study_file.raw_text,
+        study_yaml_text=study_file.raw_text, budget=study_file.budget.trials,
         tags={
             "tuner.sampler": study_file.sampler.name,
             "tuner.pruner": study_file.pruner.name,
@@ -324,7 +331,9 @@ def sync(study_path: Path) -> None:
     click.echo(
         f"synced study {study_file.name!r} to MLflow run {result.parent_run_id}: "
         f"{result.created} runs created, {result.completed} completed, "
-        f"{result.already_ok} already complete, {result.skipped} still running"
+        f"{result.already_ok} already complete, {result.skipped} still running; "
+        f"parent {'updated' if result.parent_updated else 'already up to date'}, "
+        f"{result.parent_status}"
     )
 
 

@@ -325,16 +325,9 @@ def _check_device(device: str) -> None:
 
 
 def _update_parent(tracker: Tracker, summary: StudySummary) -> None:
-    import yaml
+    from tuner.tracking import study_results
 
-    metrics = {f"trials_{k}": float(v) for k, v in summary.counts.items()}
-    metrics["trials_finished"] = float(summary.finished)
-    artifacts: dict[str, str | bytes] = {}
-    if summary.best_value is not None:
-        metrics["best_value"] = float(summary.best_value)
-        metrics["best_trial"] = float(summary.best_number or 0)
-    if summary.best_config is not None:
-        artifacts["best_config.yaml"] = yaml.safe_dump(summary.best_config, sort_keys=False)
+    metrics, artifacts = study_results(summary)
     tags: dict[str, str] = {}
     if summary.answer is not None and summary.answer.finalists:
         from tuner.compare import describe_answer
