@@ -121,7 +121,7 @@ def launch(
             stop = supervisor.run()
         finally:
             progress.close()
-        summary = summarize(study, budget=study_file.budget.trials)
+        summary = summarize(study, budget=study_file.budget.trials, compare=study_file.compare)
         summary.stop_reason = stop.reason
         _update_parent(tracker, summary)
         tracker.end_study()
@@ -183,7 +183,10 @@ def run_worker(
     try:
         reason = worker.run()
         if supervisor_pid is None:  # under launch, the supervisor updates the parent run
-            _update_parent(tracker, summarize(study, budget=study_file.budget.trials))
+            _update_parent(
+                tracker,
+                summarize(study, budget=study_file.budget.trials, compare=study_file.compare),
+            )
         return reason
     finally:
         tracker.close(timeout=30.0)

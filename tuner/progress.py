@@ -43,8 +43,9 @@ class Progress:
         self.sf = study_file
         self.echo = echo
         self.started = time.monotonic()
-        self.done_at_start = _finished(study)
+        self.done_at_start, _ = _finished(study, study_file.budget.trials)
         self.done = self.done_at_start
+        self.replicates = 0
         self.best = _best(study)
         self._last_line = self.started
         self._last_read = self.started
@@ -100,13 +101,14 @@ class Progress:
             self._bar = None
 
     def _read(self) -> None:
-        self.done = _finished(self.study)
+        self.done, self.replicates = _finished(self.study, self.sf.budget.trials)
         self.best = _best(self.study)
         self._last_read = time.monotonic()
 
     def _count(self) -> str:
         budget = self.sf.budget.trials
-        return f"[{self.done:>{len(str(budget))}}/{budget}]"
+        count = f"[{self.done:>{len(str(budget))}}/{budget}]"
+        return count + (f" replicate {self.replicates}" if self.replicates else "")
 
     def _status(self) -> str:
         parts = [f"best {self.best}"]
@@ -156,9 +158,18 @@ def _running(number: int, step: int | None) -> str:
     return f"trial {number}" + (f" (step {step})" if step is not None else "")
 
 
-def _finished(study: optuna.Study) -> int:
+def _finished(study: optuna.Study, budget: int) -> tuple[int, int]:
+    """Finished search trials, and finished replicates (the finalists' re-runs after the
+    search, :mod:`tuner.compare`), which never count toward the budget."""
     counts = count_states(study)
-    return counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+    done = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+    if done <= budget:
+        return done, 0
+    from tuner.compare import replicate_counts
+
+    reps = replicate_counts(study)
+    replicates = reps.get(TrialState.COMPLETE, 0) + reps.get(TrialState.PRUNED, 0)
+    return done - replicates, replicates
 
 
 def _best(study: optuna.Study) -> str:

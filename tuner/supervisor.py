@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from tuner.compare import REPLICATE_ATTR
 from tuner.keys import ATTR, Outcome
 from tuner.runner import DEADLINE_GRACE, timed_out_reason
 from tuner.trialdb import budget_counts, fail_stale_trials, heartbeat_interval
@@ -373,9 +374,33 @@ class Supervisor:
             return False
         if self.deadline is not None and time.time() >= self.deadline:
             return False
+        counts, failed, finished, _ = self._tally()
+        if failed >= self.sf.budget.max_failures:
+            return False
+        if finished < self.sf.budget.trials or counts.get(TrialState.WAITING, 0):
+            return True
+        return self._replicates_missing()
+
+    def _tally(self) -> tuple[dict[TrialState, int], int, int, int]:
+        """Trials by state, failures, finished search trials and finished replicates."""
+        from tuner.compare import replicate_counts
+
         counts, failed = budget_counts(self.study)
         finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
-        return finished < self.sf.budget.trials and failed < self.sf.budget.max_failures
+        replicates = 0
+        if finished > self.sf.budget.trials:
+            reps = replicate_counts(self.study)
+            replicates = reps.get(TrialState.COMPLETE, 0) + reps.get(TrialState.PRUNED, 0)
+        return counts, failed, finished - replicates, replicates
+
+    def _replicates_missing(self) -> bool:
+        from tuner import compare
+        from tuner.runner import _sampler_seed
+
+        if self.sf.compare.seeds == 0:
+            return False
+        seed = _sampler_seed(self.sf)
+        return compare.missing_replicates(self.study, self.sf.direction, self.sf.compare, seed) > 0
 
     def _end_trial(self, running: _Running, outcome: Outcome, reason: str) -> None:
         """Record the trial of a worker that is gone, unless it got to record it itself."""
@@ -391,7 +416,8 @@ class Supervisor:
             for key, value in attrs.items():
                 self.storage.set_trial_user_attr(running.trial_id, key, value)
             self.storage.set_trial_state_values(running.trial_id, TrialState.FAIL)
-            if outcome == Outcome.INTERRUPTED:
+            if outcome == Outcome.INTERRUPTED and REPLICATE_ATTR not in trial.user_attrs:
+                # Runs again; a replicate is missing again, and tuner.compare queues it.
                 self.study.enqueue_trial(trial.params, user_attrs={ATTR.RETRY_OF: trial.number})
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # finished meanwhile (a stale check elsewhere): nothing to correct
@@ -456,9 +482,10 @@ class Supervisor:
 
     def _conclude(self) -> Stop:
         budget = self.sf.budget
-        counts, failed = budget_counts(self.study)
-        finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+        counts, failed, finished, replicates = self._tally()
         tally = f"{finished} of {budget.trials} trials finished"
+        if replicates:
+            tally += f", {replicates} replicates"
         if failed:
             tally += f", {failed} failed"
         if self._stopping is not None:
