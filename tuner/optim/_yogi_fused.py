@@ -1,9 +1,11 @@
 """Yogi's fused step: one Triton kernel updates every tensor of one device and dtype.
 
-Why Triton rather than ``torch.compile``: Triton ships with torch's CUDA builds, compiles one
-kernel per (dtype, flags) once per process instead of tracing the optimizer, and its CPU
-interpreter (``TRITON_INTERPRET=1``) runs the very same kernel on CPU tensors, so the test suite
-checks it on machines without a GPU.
+Why Triton rather than ``torch.compile``: Triton ships with torch's CUDA builds and compiles
+one kernel per (dtype, flags) once per process, where ``torch.compile`` would trace the
+optimizer and recompile when a scheduler changes the learning rate (a Python float) unless it
+became a tensor. Triton's CPU interpreter (``TRITON_INTERPRET=1``) runs the very same kernel on
+CPU tensors, and its compiler builds it for a GPU on any machine, so the test suite checks both
+without a GPU.
 
 One launch covers a whole list of tensors of different sizes. The kernel reads a table with one
 row per tensor (the addresses of the parameter, its gradient, both moments and its step count,
@@ -42,7 +44,8 @@ __all__ = ["FusedTables", "check_fused_param", "fused_yogi"]
 
 # Values per block. 4096 float32 values move 112 KiB per block (7 reads and writes of 4 bytes
 # each), enough to hide the table look-ups; the number of blocks of a 100M-value model (~25k)
-# still fills every SM many times over.
+# still fills every SM many times over. Chosen without a GPU to measure on:
+# `python benchmarks/optim_step.py --sweep` times the alternatives.
 BLOCK = 4096
 NUM_WARPS = 8
 ROW = 8  # int64 entries per tensor in the table: 5 addresses, numel, first block, padding
@@ -51,8 +54,12 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``), read the
+    way Triton reads it."""
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
 def check_fused_param(p: Tensor) -> None:
@@ -200,9 +207,10 @@ _TRITON_DTYPES = (
 class FusedTables:
     """The kernel's tables for recently seen tensor lists, on the tensors' device.
 
-    Keyed by every address and size the tables hold, so a hit is always right. Entries built
-    while a CUDA graph is being captured are kept for good: the graph replays the copy that
-    filled them from pinned host memory, so that memory must keep its contents.
+    Keyed by every address and size the tables hold, so a hit is always right. Entries used
+    while a CUDA graph is being captured are kept for good: the graph reads their device
+    tables at every replay (and, for one built during capture, replays the copy that filled
+    it from pinned host memory), so neither may be freed.
     """
 
     def __init__(self, capacity: int = 8) -> None:
