@@ -6,6 +6,7 @@ kernel source, executed with numpy. On a GPU the CUDA tests run the compiled ker
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import REPO
 from tests.test_yogi import clone, saved_and_loaded
 from tuner.optim import Yogi
 
@@ -195,12 +197,13 @@ def test_fused_without_triton_says_so(tmp_path: Path) -> None:
             print(error)
         """
     )
+    paths = [str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")]
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))},
         check=False,
     )
     assert result.returncode == 0, result.stderr
