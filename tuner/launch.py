@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from tuner.errors import ConfigError, TunerError
 from tuner.runner import ATTR, TrialResult, Worker, open_study
-from tuner.summary import StudySummary, format_duration, summarize
+from tuner.summary import StudySummary, format_duration, mlflow_view, summarize
 from tuner.trialdb import budget_counts, count_states
 
 if TYPE_CHECKING:
@@ -165,6 +165,9 @@ def launch(
             progress.stopped(_run_subprocess_workers(study_file, slots, deadline, progress))
         summary = summarize(study, budget=study_file.budget.trials, compare=study_file.compare)
         summary.stop_reason = progress.reason
+        summary.mlflow_view = mlflow_view(
+            study_file.mlflow.tracking_uri, getattr(tracker, "experiment_id", None)
+        )
         _update_parent(tracker, summary)
         tracker.end_study()
         return summary
