@@ -73,7 +73,7 @@ BAD_INPUTS = [
         [
             "study.yaml: unknown key 'budgett', did you mean 'budget'?",
             "(known: name, objective, direction, metric, budget, storage, sampler, pruner, "
-            "search, params, mlflow, workers)",
+            "search, compare, params, mlflow, workers)",
         ],
     ),
     (
