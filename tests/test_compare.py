@@ -246,12 +246,16 @@ def test_the_mlflow_view_leads_with_the_answer(make_study, tmp_path):
         compare={"finalists": 2, "seeds": 2},
         mlflow={"tracking_uri": uri, "experiment": "compare-ui"},
     )
-    assert run("launch", str(path), "--quiet")[0] == 0
+    code, out, _ = run("launch", str(path), "--quiet")
+    assert code == 0
     study = load(path)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("compare-ui")
-    # MLflow 3 opens it on the training runs, not on its GenAI landing page.
+    # MLflow 3 opens it on the training runs, not on its GenAI landing page: the experiment
+    # says what it holds, and the summary links the model-training view.
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    page = f"#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    assert f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page}" in out
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     (parent,) = [r for r in runs if r.data.tags.get("tuner.role") == "study"]
     local = client.download_artifacts(parent.info.run_id, "answer.json", str(tmp_path))

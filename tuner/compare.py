@@ -197,21 +197,6 @@ def next_replicate(
     return None
 
 
-def missing_replicates(
-    study: optuna.Study, direction: str, compare: CompareConfig, base_seed: int
-) -> int:
-    """How many planned replicates have no trial done or under way."""
-    trials = study.get_trials(deepcopy=False)
-    present = {
-        (r["of"], r["index"])
-        for t in trials
-        if (r := replicate_of(t)) is not None
-        and (t.state in _PRESENT or t.user_attrs.get(_OUTCOME) == "failed")
-    }
-    wanted = planned(trials, direction, compare, base_seed)
-    return sum((r["of"], r["index"]) not in present for r in wanted)
-
-
 # --------------------------------------------------------------------------- statistics
 
 

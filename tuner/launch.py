@@ -24,7 +24,7 @@ from tuner.runner import Worker
 from tuner.session import open_session as _open_session
 from tuner.session import open_study_storage
 from tuner.storage import redact_url
-from tuner.summary import StudySummary, summarize
+from tuner.summary import StudySummary, mlflow_view, summarize
 
 if TYPE_CHECKING:
     from tuner.studyfile import StudyFile
@@ -123,6 +123,9 @@ def launch(
             progress.close()
         summary = summarize(study, budget=study_file.budget.trials, compare=study_file.compare)
         summary.stop_reason = stop.reason
+        summary.mlflow_view = mlflow_view(
+            study_file.mlflow.tracking_uri, getattr(tracker, "experiment_id", None)
+        )
         _update_parent(tracker, summary)
         tracker.end_study()
         return summary, stop

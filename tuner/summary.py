@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from tuner.compare import Answer
     from tuner.studyfile import CompareConfig
 
-__all__ = ["BestOf", "StudySummary", "format_duration", "summarize"]
+__all__ = ["BestOf", "StudySummary", "format_duration", "mlflow_view", "summarize"]
 
 _OUTCOME_OF_STATE = {
     TrialState.COMPLETE: "complete",
@@ -50,6 +50,7 @@ class StudySummary:
     running: list[FrozenTrial] = field(default_factory=list)
     stop_reason: str | None = None
     answer: Answer | None = None  # DESIGN §8; replicates are not in the counts above
+    mlflow_view: str | None = None  # how to open the study's runs in the MLflow UI
 
     @property
     def finished(self) -> int:
@@ -91,6 +92,8 @@ class StudySummary:
                 lines.append(
                     f"    {row.optimizer:<12}{row.value:>12.6g}{row.number:>8}{row.trials:>10}"
                 )
+        if self.mlflow_view:
+            lines.append(f"  MLflow            {self.mlflow_view}")
         if self.running:
             lines.append("  running trials")
             now = time.time()
@@ -172,3 +175,29 @@ def _fmt(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
     return str(value)
+
+
+def mlflow_view(tracking_uri: str | None, experiment_id: str | None) -> str | None:
+    """Where the study's runs are in the MLflow UI, on its model-training view.
+
+    MLflow 3.17 picks the experiment page's view from the user's last choice (GenAI by default)
+    unless the URL asks for ``workflowType=machine_learning``; the experiment also carries the
+    ``mlflow.experimentKind`` tag that other MLflow 3 versions read.
+
+    >>> mlflow_view("http://mlflow:5000", "3")
+    'http://mlflow:5000/#/experiments/3?workflowType=machine_learning'
+    >>> mlflow_view("sqlite:///mlflow.db", "1")  # doctest: +NORMALIZE_WHITESPACE
+    'mlflow ui --backend-store-uri sqlite:///mlflow.db, then open
+     http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning'
+    """
+    from tuner.storage import redact_url
+
+    if not tracking_uri or experiment_id is None:
+        return None
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return redact_url(f"{tracking_uri.rstrip('/')}/{page}")
+    return (
+        f"mlflow ui --backend-store-uri {redact_url(tracking_uri)}, then open "
+        f"http://127.0.0.1:5000/{page}"
+    )
