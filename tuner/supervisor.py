@@ -374,12 +374,12 @@ class Supervisor:
             return False
         if self.deadline is not None and time.time() >= self.deadline:
             return False
-        counts, failed, finished, _ = self._tally()
+        counts, failed, finished, replicates = self._tally()
         if failed >= self.sf.budget.max_failures:
             return False
         if finished < self.sf.budget.trials or counts.get(TrialState.WAITING, 0):
             return True
-        return self._replicates_missing()
+        return self._replicates_missing(replicates)
 
     def _tally(self) -> tuple[dict[TrialState, int], int, int, int]:
         """Trials by state, failures, finished search trials and finished replicates."""
@@ -393,14 +393,11 @@ class Supervisor:
             replicates = reps.get(TrialState.COMPLETE, 0) + reps.get(TrialState.PRUNED, 0)
         return counts, failed, finished - replicates, replicates
 
-    def _replicates_missing(self) -> bool:
-        from tuner import compare
-        from tuner.runner import _sampler_seed
-
-        if self.sf.compare.seeds == 0:
-            return False
-        seed = _sampler_seed(self.sf)
-        return compare.missing_replicates(self.study, self.sf.direction, self.sf.compare, seed) > 0
+    def _replicates_missing(self, replicates: int) -> bool:
+        """Whether replicates may be left to run (at most finalists x seeds of them); a worker
+        that finds none exits at once, and is not replaced again."""
+        compare = self.sf.compare
+        return compare.seeds > 0 and replicates < compare.finalists * compare.seeds
 
     def _end_trial(self, running: _Running, outcome: Outcome, reason: str) -> None:
         """Record the trial of a worker that is gone, unless it got to record it itself."""
