@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import optuna
+
+from tuner.keys import ATTR
 
 if TYPE_CHECKING:
     import torch
@@ -22,6 +24,27 @@ TrialPruned = optuna.TrialPruned
 # A reported value that moves this many times its first magnitude in the wrong direction has
 # blown up: training of that configuration is not coming back, so stop paying for it.
 DIVERGENCE_FACTOR = 100.0
+
+
+# The learning rate goes to MLflow per optimizer step, at most about this many points per trial:
+# enough to show warmup and the schedule's shape, few enough to cost nothing.
+LR_POINTS = 200
+
+
+class _LrLogger:
+    """An optimizer step hook: logs ``lr`` (param group 0) every ``total_steps / LR_POINTS``
+    optimizer steps, at the step it trains with, and at the last scheduled step."""
+
+    def __init__(self, recorder: TrialRecorder, total_steps: int) -> None:
+        self.recorder = recorder
+        self.every = max(1, -(-int(total_steps) // LR_POINTS))
+        self.last = int(total_steps) - 1
+        self.step = 0
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        step, self.step = self.step, self.step + 1
+        if step % self.every == 0 or step == self.last:
+            self.recorder.log({"lr": float(optimizer.param_groups[0]["lr"])}, step)
 
 
 class TrialDiverged(Exception):
@@ -63,6 +86,9 @@ class Trial:
     metric: str = "value"
     direction: str = "minimize"
     recorder: TrialRecorder | None = None
+    prune: bool = True  # False for replicates: they run to the end
+    # Told of every report (step, value): a supervisor's progress display shows the step.
+    on_report: Callable[[int, float], None] | None = field(default=None, repr=False)
     _first_value: float | None = field(default=None, repr=False)
     _last_step: int | None = field(default=None, repr=False)
     _optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
@@ -92,7 +118,9 @@ class Trial:
         optimizer, scheduler = build_optimizer(params, self.config, total_steps, fused=fused)
         self._optimizer = optimizer
         # Kept with the trial so that reports can redraw its learning-rate curve.
-        self.optuna.set_user_attr("tuner:total_steps", int(total_steps))
+        self.optuna.set_user_attr(ATTR.TOTAL_STEPS, int(total_steps))
+        if self.recorder is not None:
+            optimizer.register_step_post_hook(_LrLogger(self.recorder, total_steps))
         return optimizer, scheduler
 
     def report(self, value: float, step: int) -> None:
@@ -104,11 +132,13 @@ class Trial:
         value = float(value)
         self._last_step = step
         self._log({self.metric: value}, step)
+        if self.on_report is not None:
+            self.on_report(step, value)
         # The value reaches the study database before divergence is raised, so the sampler
         # sees the bad value at the step it happened.
         self.optuna.report(value, step)
         self._check_divergence(value, step)
-        if self.optuna.should_prune():
+        if self.prune and self.optuna.should_prune():
             raise TrialPruned(f"pruned at step {step} with {self.metric}={value:.6g}")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -122,8 +152,6 @@ class Trial:
     def _log(self, metrics: dict[str, float], step: int) -> None:
         if self.recorder is None:
             return
-        if self._optimizer is not None:
-            metrics = {**metrics, "lr": float(self._optimizer.param_groups[0]["lr"])}
         self.recorder.log(metrics, step)
 
     def _check_divergence(self, value: float, step: int) -> None:
