@@ -346,6 +346,7 @@ def sync(study_path: Path) -> None:
         study, study_file.mlflow.tracking_uri,
         experiment=study_file.mlflow.experiment, metric=study_file.metric,
         study_yaml_text=study_file.raw_text, budget=study_file.budget.trials,
+        compare=study_file.compare,
         tags={
             "tuner.sampler": study_file.sampler.name,
             "tuner.pruner": study_file.pruner.name,

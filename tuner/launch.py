@@ -251,14 +251,5 @@ def _check_device(device: str) -> None:
 def _update_parent(tracker: Tracker, summary: StudySummary) -> None:
     from tuner.tracking import study_results
 
-    metrics, artifacts = study_results(summary)
-    tags: dict[str, str] = {}
-    if summary.answer is not None and summary.answer.finalists:
-        from tuner.compare import describe_answer
-
-        # The parent run leads with the answer: its description (MLflow's note) and a file.
-        artifacts["answer.json"] = summary.answer.dumps()
-        tags["mlflow.note.content"] = describe_answer(summary.answer)
-        tags["tuner.answer"] = summary.answer.sentence()
-        tags["tuner.winner"] = summary.answer.finalists[0].optimizer
+    metrics, tags, artifacts = study_results(summary)
     tracker.update_study(metrics=metrics, tags=tags, artifacts=artifacts)

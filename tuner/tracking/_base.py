@@ -97,24 +97,37 @@ def flatten_params(params: Mapping[str, object], *, prefix: str = "") -> dict[st
     return flat
 
 
-def study_results(summary: Any) -> tuple[dict[str, float], dict[str, str | bytes]]:
-    """The parent run's metrics and artifacts for a :class:`~tuner.summary.StudySummary`.
+def study_results(
+    summary: Any,
+) -> tuple[dict[str, float], dict[str, str], dict[str, str | bytes]]:
+    """The parent run's ``(metrics, tags, artifacts)`` for a :class:`~tuner.summary.StudySummary`.
 
     Counts by outcome (``trials_complete``...), ``trials_finished``, ``best_value`` and
-    ``best_trial``, and the best configuration as ``best_config.yaml``. Launch, worker and
-    ``tuner sync`` all log the study's results through this one function.
+    ``best_trial``; the best configuration as ``best_config.yaml``; and, once replicates gave
+    an answer (DESIGN §8), ``answer.json`` with the answer as the run's description and tags.
+    Launch, worker and ``tuner sync`` all log the study's results through this one function.
     """
     import yaml
 
     metrics = {f"trials_{k}": float(v) for k, v in summary.counts.items()}
     metrics["trials_finished"] = float(summary.finished)
+    tags: dict[str, str] = {}
     artifacts: dict[str, str | bytes] = {}
     if summary.best_value is not None:
         metrics["best_value"] = float(summary.best_value)
         metrics["best_trial"] = float(summary.best_number or 0)
     if summary.best_config is not None:
         artifacts["best_config.yaml"] = yaml.safe_dump(summary.best_config, sort_keys=False)
-    return metrics, artifacts
+    answer = getattr(summary, "answer", None)
+    if answer is not None and answer.finalists:
+        from tuner.compare import describe_answer
+
+        # The parent run leads with the answer: its description (MLflow's note) and a file.
+        artifacts["answer.json"] = answer.dumps()
+        tags["mlflow.note.content"] = describe_answer(answer)
+        tags["tuner.answer"] = answer.sentence()
+        tags["tuner.winner"] = answer.finalists[0].optimizer
+    return metrics, tags, artifacts
 
 
 @runtime_checkable

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from mlflow import MlflowClient
@@ -43,6 +44,7 @@ from tuner.tracking._client import (
     make_client,
     now_ms,
     open_parent_run,
+    tag_dict,
     terminate_run,
     to_metric,
 )
@@ -110,11 +112,13 @@ def sync_study(
     tags: Mapping[str, str] | None = None,
     client: MlflowClient | None = None,
     budget: int | None = None,
+    compare: Any = None,
 ) -> SyncReport:
     """Create or complete the child run of every finished trial of ``study``, then the parent
     run's results and status; idempotent.
 
-    ``metric`` names the study's metric (intermediate values and the final value go there).
+    ``metric`` names the study's metric (intermediate values and the final value go there);
+    ``budget`` and ``compare`` (the study file's) make the parent's results what launch logs.
     ``parent_run_id`` defaults to the id kept in the study's user attrs; when there is none
     (tracking was off) a parent run is created and its id stored there, so a second sync finds
     it.
@@ -129,7 +133,7 @@ def sync_study(
         return _sync(
             study, client, tracking_uri, experiment=experiment, metric=metric,
             parent_run_id=parent_run_id, study_yaml_text=study_yaml_text, tags=tags,
-            budget=budget,
+            budget=budget, compare=compare,
         )  # fmt: skip
     except Exception as exc:
         if isinstance(exc, TunerError) or not is_transient(exc):
@@ -151,6 +155,7 @@ def _sync(
     study_yaml_text: str | None,
     tags: Mapping[str, str] | None,
     budget: int | None,
+    compare: Any,
 ) -> SyncReport:
     experiment_id = ensure_experiment(client, experiment, tracking_uri)
     known = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
@@ -184,7 +189,9 @@ def _sync(
             completed += 1
         else:
             already_ok += 1
-    updated, status = _complete_parent(client, parent, study, budget, finished=skipped == 0)
+    updated, status = _complete_parent(
+        client, parent, study, budget, compare, finished=skipped == 0
+    )
     _log.info(
         "sync: %d run(s) created, %d completed, %d already complete, %d trial(s) still running",
         created,
@@ -196,12 +203,18 @@ def _sync(
 
 
 def _complete_parent(
-    client: MlflowClient, parent: str, study: optuna.Study, budget: int | None, *, finished: bool
+    client: MlflowClient,
+    parent: str,
+    study: optuna.Study,
+    budget: int | None,
+    compare: Any,
+    *,
+    finished: bool,
 ) -> tuple[bool, str]:
     """Log the study's results on the parent where they differ; end it once ``finished``."""
     from tuner.summary import summarize
 
-    metrics, artifacts = study_results(summarize(study, budget=budget))
+    metrics, tags, artifacts = study_results(summarize(study, budget=budget, compare=compare))
     run = client.get_run(parent)
     ts = now_ms()
     changed = [
@@ -209,7 +222,8 @@ def _complete_parent(
         for key, value in metrics.items()
         if run.data.metrics.get(key) != value and (m := to_metric(key, value, ts, 0)) is not None
     ]
-    log_entities(client, parent, metrics=changed)
+    retagged = {k: v for k, v in tag_dict(tags).items() if run.data.tags.get(k) != v}
+    log_entities(client, parent, metrics=changed, tags=retagged)
     stale = {
         name: text
         for name, text in artifacts.items()
@@ -221,7 +235,7 @@ def _complete_parent(
     if finished and status != "FINISHED":
         terminate_run(client, parent, "FINISHED", ts)
         status = "FINISHED"
-    return bool(changed or stale or status != run.info.status), status
+    return bool(changed or retagged or stale or status != run.info.status), status
 
 
 def _artifact_text(client: MlflowClient, run_id: str, name: str) -> str | None:
