@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from optuna.trial import TrialState
 
 from tuner.errors import ConfigError, TunerError
 from tuner.runner import ATTR, TrialResult, Worker, open_study
+from tuner.search import worker_index
 from tuner.summary import StudySummary, format_duration, summarize
 from tuner.trialdb import budget_counts, count_states
 
@@ -40,6 +42,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("tuner")
+
+# launch numbers the workers it starts (0, 1, ...) through this variable: worker 0 keeps the
+# study's sampler seed, the others derive theirs from it.
+WORKER_INDEX_ENV = "TUNER_WORKER_INDEX"
 
 Echo = Callable[[str], None]
 
@@ -73,13 +79,16 @@ def resolve_slots(devices: str | list[str], per_device: int) -> list[Slot]:
     return slots
 
 
-def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
-    """Open the storage, the study (created or resumed) and the tracker with its parent run."""
+def open_session(study_file: StudyFile, *, worker: int = 0) -> tuple[optuna.Study, Tracker]:
+    """Open the storage, the study (created or resumed) and the tracker with its parent run.
+
+    ``worker`` numbers this worker among the study's (its sampler seed derives from it).
+    """
     from tuner.storage import dialect_of
     from tuner.tracking import make_tracker
 
     tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
-    study = open_study(study_file, open_study_storage(study_file, tracker))
+    study = open_study(study_file, open_study_storage(study_file, tracker), worker=worker)
     existing = study.user_attrs.get(ATTR.PARENT_RUN)
     parent = tracker.open_study(
         study_name=study_file.name,
@@ -191,7 +200,13 @@ def run_worker(
     if device is None:
         device = resolve_slots(study_file.workers.devices, 1)[0].tag
     _check_device(device)
-    study, tracker = open_session(study_file)
+    # launch numbers its workers; a worker started by hand on another machine takes a number
+    # from its host and pid, so no two workers share a sampler seed.
+    index = os.environ.get(WORKER_INDEX_ENV, "")
+    worker = (
+        int(index) if index.isdigit() else worker_index(f"{socket.gethostname()}/{os.getpid()}")
+    )
+    study, tracker = open_session(study_file, worker=worker)
     if deadline is None and study_file.budget.timeout:
         deadline = time.time() + study_file.budget.timeout
     worker = Worker(
@@ -258,8 +273,8 @@ def _run_subprocess_workers(
     study_file: StudyFile, slots: list[Slot], deadline: float | None, progress: Progress
 ) -> str:
     procs = []
-    for slot in slots:
-        env = dict(os.environ)
+    for index, slot in enumerate(slots):
+        env = {**os.environ, WORKER_INDEX_ENV: str(index)}
         if slot.visible is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.visible
         cmd = [

@@ -44,6 +44,7 @@ from tuner.trialdb import (
 )
 
 if TYPE_CHECKING:
+    from tuner.space import SearchSpace
     from tuner.studyfile import StudyFile
     from tuner.tracking import Tracker
 
@@ -94,15 +95,21 @@ def trial_seed(base: int, number: int) -> int:
     return (base * 1_000_003 + number) % (2**31)
 
 
-def open_study(study_file: StudyFile, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Create the study, or load it when a study of that name exists (resume, other workers)."""
+def open_study(
+    study_file: StudyFile, storage: optuna.storages.BaseStorage, *, worker: int = 0
+) -> optuna.Study:
+    """Create the study, or load it when a study of that name exists (resume, other workers).
+
+    ``worker`` is this worker's number: its sampler's seed is derived from it, so parallel
+    workers never draw the same sequence (worker 0 keeps the study's seed).
+    """
     from tuner.studyfile import make_pruner, make_sampler
 
     study = optuna.create_study(
         storage=storage,
         study_name=study_file.name,
         direction=study_file.direction,
-        sampler=make_sampler(study_file.sampler),
+        sampler=make_sampler(study_file.sampler, worker=worker, trials=study_file.budget.trials),
         pruner=make_pruner(study_file.pruner, max_resource=study_file.budget.epochs),
         load_if_exists=True,
     )
@@ -140,6 +147,9 @@ class Worker:
     _tracking_mark: int | None = field(default=None, repr=False)
     _interrupted: bool = field(default=False, repr=False)
     _next_stale_check: float = field(default=0.0, repr=False)
+    _space: SearchSpace | None = field(default=None, repr=False)
+    _trials_run: int = field(default=0, repr=False)
+    _typical: float | None = field(default=None, repr=False)
 
     def run(self) -> str:
         """Run trials until the budget, the timeout or the failure limit ends the study.
@@ -149,6 +159,7 @@ class Worker:
         interrupted (and queued to run again).
         """
         with self._signals():
+            self._space = self._prepare_search()
             while not self.stop.is_set():
                 if self._interrupted:
                     raise KeyboardInterrupt
@@ -185,6 +196,31 @@ class Worker:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    def _prepare_search(self) -> SearchSpace:
+        """The range test and the portfolio (:mod:`tuner.search`), once per study."""
+        from tuner.search import prepare_search
+
+        budget = self.study_file.budget
+        counts, _ = budget_counts(self.study)
+        finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+        if finished >= budget.trials:
+            return self.study_file.search  # nothing left to search: no probe either
+        self._in_objective = True  # the probes run the objective: Ctrl-C interrupts them
+        try:
+            return prepare_search(
+                self.study,
+                self.study_file,
+                self.objective,
+                lock=lambda: budget_lock(
+                    rdb_storage(self.study) or self.study_file.storage, self.study.study_name
+                ),
+                device=self.device,
+                stop=self.stop,
+                poll_interval=self.poll_interval,
+            )
+        finally:
+            self._in_objective = False
+
     def _reserve(self) -> optuna.Trial | str:
         """A trial to run, or why there is none; waits while other workers' trials decide."""
         budget = self.study_file.budget
@@ -215,6 +251,21 @@ class Worker:
             if self.deadline is not None and time.time() >= self.deadline:
                 return "timeout"
             self._check_stale()
+
+    def _typical_value(self) -> float | None:
+        """The median magnitude of the study's complete values: divergence's scale floor.
+
+        Refreshed every 10 trials of this worker; the median moves slowly.
+        """
+        if self._trials_run % 10 == 0:
+            values = sorted(
+                abs(t.value)
+                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value)
+            )
+            self._typical = values[len(values) // 2] if values else None
+        self._trials_run += 1
+        return self._typical
 
     def _check_stale(self) -> None:
         """``fail_stale_trials``, at most once per heartbeat interval.
@@ -251,7 +302,7 @@ class Worker:
         )
         heartbeat.start()
         try:
-            config = sample_config(ot, sf.search)
+            config = sample_config(ot, self._space or sf.search)
             heartbeat.write_soon({ATTR.CONFIG: config.to_dict()})
             recorder = self.tracker.start_trial(
                 number=ot.number,
@@ -275,6 +326,7 @@ class Worker:
                 metric=sf.metric,
                 direction=sf.direction,
                 recorder=recorder,
+                typical_value=self._typical_value(),
             )
             _seed_everything(seed)
             if self._interrupted:  # the signal came between reserving and starting
