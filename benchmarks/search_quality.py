@@ -232,7 +232,7 @@ def run_hand(problem: Problem, seed: int, trials: int, epochs: int, sampler: str
         name = trial.suggest_categorical("optimizer", list(HAND_OPTIMIZERS))
         lr = trial.suggest_float("lr", 1e-5, 1.0, log=True)
 
-        def build(params, total_steps):  # noqa: ANN001, ARG001 - the hand-written way
+        def build(params, total_steps):
             opt = HAND_OPTIMIZERS[name](params, lr)
             return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 

@@ -340,6 +340,10 @@ def _update_parent(tracker: Tracker, summary: StudySummary) -> None:
         metrics["best_trial"] = float(summary.best_number or 0)
     if summary.best_config is not None:
         artifacts["best_config.yaml"] = yaml.safe_dump(summary.best_config, sort_keys=False)
+    if summary.range_test_epochs is not None:
+        metrics["lr_range_test_epochs"] = summary.range_test_epochs
+    if summary.search_notes:
+        artifacts["search_setup.txt"] = "\n".join(summary.search_notes) + "\n"
     tracker.update_study(metrics=metrics, artifacts=artifacts)
 
 

@@ -284,9 +284,9 @@ def run_probe(
 ) -> ProbeOutcome:
     """Run the objective once with ``optimizer``'s lr ramp; what the ramp found."""
     start, stop = probe_bounds(optimizer)
-    trial = _probe_trial(optimizer, sf, device, start, stop)
     error = None
     with _quiet_optuna():
+        trial = _probe_trial(optimizer, sf, device, start, stop)
         try:
             objective(trial)
         except (ProbeFinished, optuna.TrialPruned):
