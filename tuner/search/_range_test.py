@@ -151,8 +151,11 @@ class ProbeOutcome:
         """The ``lr`` range to search, or None to keep the catalog's (the probe failed)."""
         if self.error is not None or self.steps == 0:
             return None
-        if self.diverges_at is None:  # still fine at the ramp's top: search up to it
-            return search_range(self.ramp[1])
+        if self.diverges_at is None:
+            # Still fine at the ramp's top (Adam's bounded steps on a convex problem, or a run
+            # too short to see the climb): nothing says where the best rate is, so the whole
+            # ramp is searched.
+            return self.ramp
         return search_range(self.diverges_at)
 
     def member_range(self, member: str) -> tuple[float, float] | None:
