@@ -1,7 +1,8 @@
 """A real ``mlflow server`` for tests: loopback, a free port, its own SQLite backend and artifacts.
 
 ``stop()`` and ``start()`` take the same server down and bring it back on the same port and
-backend, so a fault test can cut the tracking server in the middle of a study.
+backend, so a fault test can cut the tracking server in the middle of a study; ``pause()`` and
+``resume()`` (SIGSTOP, SIGCONT) make it hang instead.
 
     with MlflowServer(tmp_path) as server:
         client = MlflowClient(server.url)
@@ -89,6 +90,7 @@ class MlflowServer:
         if proc is None:
             return
         try:
+            os.killpg(proc.pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -100,6 +102,17 @@ class MlflowServer:
         deadline = time.monotonic() + 10
         while self.healthy() and time.monotonic() < deadline:
             time.sleep(0.1)
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it keeps its port and accepts connections, but answers nothing
+        (a hung server), until :meth:`resume`."""
+        assert self._proc is not None, "the server is not running"
+        os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGCONT)
 
     def log_tail(self, chars: int = 4000) -> str:
         """The end of the server's log, for failure messages."""

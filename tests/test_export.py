@@ -227,7 +227,8 @@ def test_rendered_code_reproduces_build_optimizer_exactly(doc: dict, groups: boo
     namespace: dict = {"model": twin, "groups": _groups(twin, lr) if groups else None}
     exec(compile(code, "<rendered>", "exec"), namespace)
     rendered_opt, rendered_sched = namespace["optimizer"], namespace["scheduler"]
-    assert type(rendered_opt) is type(optimizer)
+    # Yogi is printed with the code (torch has none), so only its name matches.
+    assert type(rendered_opt).__name__ == type(optimizer).__name__
 
     for step in range(total):
         assert [g["lr"] for g in rendered_opt.param_groups] == [
@@ -253,4 +254,5 @@ def test_rendered_code_reads_as_plain_torch() -> None:
     assert "scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)" in code
     assert "total_steps = 10000" in code and "tuner" not in code.split("\n", 1)[1]
     yogi = render_torch_code(OptimizerConfig("yogi", {"lr": 0.01}))
-    assert "from tuner.optim import Yogi" in yogi and "optimizer = Yogi(" in yogi
+    assert "class Yogi(torch.optim.Optimizer):" in yogi and "optimizer = Yogi(" in yogi
+    assert "tuner" not in yogi.split("\n", 1)[1]

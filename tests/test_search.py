@@ -37,7 +37,7 @@ from tuner.trial import Trial, TrialDiverged
 ON = {"lr_range_test": "auto", "portfolio": True}
 
 
-def quadratic(curvature: float, per_epoch: int = 50):
+def quadratic(curvature: float, per_epoch: int = 70):
     """Plain GD on 0.5 * sum(c_i x_i^2), c_i in [curvature / 1.26, curvature]: diverges above
     lr = 2 / curvature."""
 
@@ -79,8 +79,8 @@ def test_range_test_finds_gradient_descents_divergence_point_on_a_quadratic(curv
     # The searched range ends at the divergence point and spans three decades below it.
     low, high = outcome.range
     assert high == outcome.diverges_at and math.isclose(low, high / 1000)
-    # It costs at most two epochs of this objective (100 of its 500 steps).
-    assert 0 < outcome.epochs <= 2.0
+    # It costs at most an epoch and a half of this objective (100 of its 700 steps).
+    assert 0 < outcome.epochs <= 1.5
 
 
 def test_probe_ignores_minibatch_noise_and_stops_on_a_real_blow_up():
@@ -337,7 +337,7 @@ def test_schedule_median_pruner_compares_a_trial_with_its_own_schedule():
         add("constant", [1.0, 0.5, 0.3, 0.2, 0.2, end])
     for end in (0.05, 0.06, 0.07, 0.08):  # cosine: slow early, best at the end
         add("cosine", [1.0, 0.9, 0.8, 0.6, 0.4, end])
-    assert study.pruner.rung_steps == (2, 4)
+    assert study.pruner.rung_steps == (1, 4)
 
     def judged(schedule: str, values: list[float]) -> bool:
         study.enqueue_trial({"schedule": schedule})
@@ -349,10 +349,10 @@ def test_schedule_median_pruner_compares_a_trial_with_its_own_schedule():
         study.tell(trial, state=TrialState.FAIL)
         return pruned
 
-    # A cosine trial at 0.75 on step 2 is worse than every constant one, but among its own
-    # schedule it is better than the median: it goes on.
-    assert not judged("cosine", [1.0, 0.9, 0.75])
+    # A cosine trial at 0.85 at its first checkpoint (step 1, 20% of the schedule) is worse
+    # than every constant one, but better than its own schedule's median: it goes on.
+    assert not judged("cosine", [1.0, 0.85])
     # Worse than its own schedule's median: pruned.
-    assert judged("cosine", [1.0, 0.95, 0.9])
+    assert judged("cosine", [1.0, 0.95])
     # Between checkpoints nothing is judged.
-    assert not judged("cosine", [1.0, 5.0])
+    assert not judged("cosine", [1.0, 0.85, 5.0])

@@ -23,9 +23,11 @@ from mlflow.entities import Run
 
 from tests.mlflow_server import MlflowServer, free_port
 from tuner.tracking import (
+    HTTP_DEFAULTS,
     PARENT_RUN_ATTR,
     MlflowTracker,
-    NullTracker,
+    Tracker,
+    TrialRecorder,
     make_tracker,
     sync_study,
 )
@@ -93,28 +95,127 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-# -- the layout ------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def bounded_mlflow_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the CLI sets for tuner's processes (trackers made directly get MLflow's defaults).
+    for name, value in HTTP_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
 
 
-def test_make_tracker_off_is_a_no_op() -> None:
-    for uri in (None, "off", "OFF"):
-        tracker = make_tracker(uri, experiment="x")
-        assert isinstance(tracker, NullTracker)
+# -- the contract: one suite over every Tracker implementation --------------------------------
+
+
+@dataclass
+class Impl:
+    """A Tracker implementation and how to read back what it recorded (None: it records
+    nothing by design)."""
+
+    name: str
+    uri: str | None
+
+    def make(self, experiment: str) -> Tracker:
+        return make_tracker(self.uri, experiment=experiment)
+
+    def runs(self, experiment: str, parent: str | None) -> dict[str, Run] | None:
+        if self.uri is None:
+            return None
+        assert parent is not None
+        client = MlflowClient(self.uri)
+        return {r.info.run_name: r for r in children(client, experiment, parent)}
+
+
+@pytest.fixture(params=["off", "sqlite", "server"])
+def impl(request: pytest.FixtureRequest, local_dir: Path) -> Impl:
+    if request.param == "off":
+        return Impl("off", None)
+    if request.param == "sqlite":
+        return Impl("sqlite", f"sqlite:///{local_dir}/mlflow.db")
+    srv: MlflowServer = request.getfixturevalue("server")
+    srv.start()
+    return Impl("server", srv.url)
+
+
+def test_every_tracker_records_the_trial_lifecycle(impl: Impl, experiment: str) -> None:
+    tracker = impl.make(experiment)
+    assert isinstance(tracker, Tracker)
+    parent = open_study(tracker, experiment)
+    assert tracker.parent_run_id == parent
+    outcomes = ["complete", "pruned", "failed", "diverged", "interrupted"]
+    marks = []
+    recorders = []
+    for number, outcome in enumerate(outcomes):
+        recorder = tracker.start_trial(number=number, params={"lr": 0.1, "n": number}, tags={})
+        assert isinstance(recorder, TrialRecorder)
+        for step in range(3):
+            recorder.log({METRIC: step / 10 + number}, step=step)
+        with pytest.raises(ValueError, match="outcome must be one of"):
+            recorder.finish("exploded")
+        recorder.finish(outcome)
+        recorder.finish("complete")  # a second finish is ignored
+        marks.append(tracker.mark())
+        tracker.flush(5.0, upto=marks[-1])
+        recorders.append(recorder)
+    assert marks == sorted(marks)
+    tracker.kill_trial(4, reason="its worker died")  # already ended: left alone
+    tracker.update_study(metrics={"best_value": 0.5}, artifacts={"best_config.yaml": "lr: 1\n"})
+    tracker.end_study()
+    assert tracker.close(120) is True
+    tracker.close(1)  # closing twice is harmless
+    # After close nothing raises (a late report from a thread that did not notice).
+    recorders[0].log({METRIC: 1.0}, step=9)
+
+    runs = impl.runs(experiment, parent)
+    if runs is None:  # tracking off: nothing recorded anywhere, and no run ids
+        assert parent is None and all(r.run_id is None for r in recorders)
+        return
+    assert sorted(runs) == [f"trial-{n}" for n in range(5)]
+    status = {name: (r.info.status, r.data.tags["tuner.outcome"]) for name, r in runs.items()}
+    assert status == {
+        "trial-0": ("FINISHED", "complete"),
+        "trial-1": ("FINISHED", "pruned"),
+        "trial-2": ("FAILED", "failed"),
+        "trial-3": ("FAILED", "diverged"),
+        "trial-4": ("KILLED", "interrupted"),
+    }
+    client = MlflowClient(impl.uri)
+    for number, recorder in enumerate(recorders):
+        run = runs[f"trial-{number}"]
+        assert recorder.run_id == run.info.run_id
+        assert run.data.params == {"lr": "0.1", "n": str(number)}
+        assert sorted(history(client, run.info.run_id, METRIC)) == [0, 1, 2]
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert client.get_run(parent).data.metrics == {"best_value": 0.5}
+
+
+def test_every_tracker_takes_a_report_in_microseconds(impl: Impl, experiment: str) -> None:
+    tracker = impl.make(experiment)
+    open_study(tracker, experiment)
     recorder = tracker.start_trial(number=0, params={"lr": 0.1}, tags={})
-    recorder.log({"loss": 1.0}, step=0)
+    costs = []
+    for step in range(3000):
+        t0 = time.perf_counter()
+        recorder.log({METRIC: step * 1e-3}, step=step)
+        costs.append(time.perf_counter() - t0)
+        if step % 100 == 0:
+            time.sleep(0.01)  # let the flusher send meanwhile, as during real training
     recorder.finish("complete")
-    assert recorder.run_id is None
-    assert tracker.flush(0.1) is True
-    with pytest.raises(ValueError, match="outcome must be one of"):
-        recorder.finish("exploded")
+    p50, p99 = statistics.median(costs), percentile(costs, 0.99)
+    print(f"\nreport cost, {impl.name}: p50={p50 * 1e6:.1f}us p99={p99 * 1e6:.1f}us")
+    # Sanity bounds only (a synchronous log_metric costs 6-100 ms); speed is benchmarked.
+    assert p50 < 1e-3 and p99 < 20e-3
+    assert tracker.close(120)
+    if impl.uri is not None:
+        assert len(history(MlflowClient(impl.uri), recorder.run_id, METRIC)) == 3000
+
+
+# -- the MLflow layout -------------------------------------------------------------------------
 
 
 def test_open_study_finds_the_same_parent_run(backend: Backend, experiment: str) -> None:
     first = MlflowTracker(backend.uri, experiment=experiment)
     parent = open_study(first, experiment)
     assert parent is not None
-    assert first.flush(60)
-    first.close()
+    assert first.close(60)
 
     # A resume, or a worker in another process, passes the stored id back.
     second = MlflowTracker(backend.uri, experiment=experiment)
@@ -160,8 +261,7 @@ def test_one_child_run_per_trial_with_params_curves_and_status(
         artifacts={"best_config.yaml": "optimizer: adamw\n", "plots/history.png": b"\x89PNG"},
         step=5,
     )
-    assert tracker.flush(120), tracker._flusher.last_error
-    tracker.close()
+    assert tracker.close(120), tracker._flusher.last_error
 
     client = MlflowClient(backend.uri)
     runs = {r.info.run_name: r for r in children(client, experiment, parent)}
@@ -207,8 +307,7 @@ def test_batches_respect_mlflow_limits(backend: Backend, experiment: str) -> Non
     for step in range(1, 1200):
         recorder.log({"loss": 1.0 / step}, step=step)
     recorder.finish("complete")
-    assert tracker.flush(120), tracker._flusher.last_error
-    tracker.close()
+    assert tracker.close(120), tracker._flusher.last_error
 
     client = MlflowClient(backend.uri)
     (run,) = children(client, experiment, parent)
@@ -216,30 +315,6 @@ def test_batches_respect_mlflow_limits(backend: Backend, experiment: str) -> Non
     assert all(run.data.tags[f"tuner.t{i}"] == str(i) for i in range(130))
     assert len([k for k in run.data.metrics if k.startswith("m")]) == 1500
     assert sorted(history(client, run.info.run_id, "loss")) == list(range(1, 1200))
-
-
-def test_report_costs_microseconds_in_process(backend: Backend, experiment: str) -> None:
-    tracker = MlflowTracker(backend.uri, experiment=experiment)
-    open_study(tracker, experiment)
-    recorder = tracker.start_trial(number=0, params={"lr": 0.1}, tags={})
-    costs = []
-    for step in range(3000):
-        t0 = time.perf_counter()
-        recorder.log({METRIC: step * 1e-3}, step=step)
-        costs.append(time.perf_counter() - t0)
-        if step % 100 == 0:
-            time.sleep(0.01)  # let the flusher send meanwhile, as during real training
-    recorder.finish("complete")
-    p50, p99 = statistics.median(costs), percentile(costs, 0.99)
-    print(
-        f"\nreport cost on {backend.uri.split(':')[0]}: p50={p50 * 1e6:.1f}us p99={p99 * 1e6:.1f}us"
-    )
-    # Sanity bounds only (a synchronous log_metric costs 26-100 ms); speed is benchmarked.
-    assert p50 < 1e-3 and p99 < 20e-3
-    assert tracker.flush(120)
-    tracker.close()
-    client = MlflowClient(backend.uri)
-    assert len(history(client, recorder.run_id, METRIC)) == 3000
 
 
 # -- an unreachable server -------------------------------------------------------------------
@@ -293,10 +368,8 @@ def test_server_down_mid_study_loses_nothing(
         assert late.flush(0.5) is False
     finally:
         server.start()
-    assert before.flush(120), before._flusher.last_error
-    assert late.flush(120), late._flusher.last_error
-    before.close()
-    late.close()
+    assert before.close(120), before._flusher.last_error
+    assert not late.close(120)  # it dropped points at the cap: not everything was delivered
 
     client = MlflowClient(server.url)
     runs = children(client, experiment, parent)
@@ -398,8 +471,7 @@ def test_sync_completes_what_the_tracker_could_not_deliver(
         if delivered == 5:
             recorder.finish("complete")
         study.tell(trial, 4.0)
-    assert tracker.flush(60)
-    tracker.close()
+    assert tracker.close(60)
 
     report = sync_study(study, backend.uri, experiment=experiment, metric=METRIC)
     assert (report.created, report.completed, report.already_ok) == (0, 1, 1)
@@ -449,8 +521,7 @@ def test_a_password_in_a_url_never_reaches_mlflow(
         tags={"tuner.storage_url": storage},
         artifacts={"best_config.yaml": f"# from {storage}\noptimizer: sgd\n"},
     )
-    assert tracker.flush(60)
-    tracker.close()
+    assert tracker.close(60)
 
     client = MlflowClient(backend.uri)
     (run,) = children(client, experiment, parent)

@@ -61,6 +61,11 @@ def _setup_logging(quiet: bool = False) -> None:
     # MLflow and its migrations announce table creation at INFO; users need none of that.
     # MLflow sets its logger's level when it is imported (lazily, later), from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # Bounded MLflow requests (see HTTP_DEFAULTS); workers that launch starts inherit them.
+    from tuner.tracking import HTTP_DEFAULTS
+
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logger = logging.getLogger("tuner")
@@ -188,7 +193,7 @@ def status(study_path: Path) -> None:
 def best(study_path: Path, fmt: str, output: Path | None) -> None:
     """The winning configuration, ready for `tuner.load_optimizer_config` or as torch code."""
     from tuner.export import OptimizerConfig
-    from tuner.render import render_torch_code
+    from tuner.render import render_torch_script
 
     _setup_logging()
     study_file = _load(study_path)
@@ -201,10 +206,15 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
             hint="run `tuner launch` first, or `tuner status` to see how the trials went",
         ) from None
     config = OptimizerConfig.from_dict(trial.user_attrs["tuner:config"])
+    total_steps = trial.user_attrs.get("tuner:total_steps")
+    header = [f"{study_file.name}: trial {trial.number}, {study_file.metric} {trial.value:.6g}."]
+    if not isinstance(total_steps, int):
+        header.append("Its objective recorded no total_steps (it did not call build_optimizer).")
+        total_steps = 10_000
     text = {
         "yaml": config.to_yaml,
         "json": config.to_json,
-        "python": lambda: render_torch_code(config),
+        "python": lambda: render_torch_script(config, total_steps=total_steps, header=header),
     }[fmt]()
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
@@ -224,6 +234,7 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
 @_handle_errors
 def report(study_path: Path, out_dir: Path | None) -> None:
     """Plots and a summary of the study, also logged to its MLflow parent run."""
+    from tuner.filenames import safe_filename
     from tuner.report import write_report
     from tuner.runner import ATTR
     from tuner.tracking import make_tracker
@@ -231,7 +242,8 @@ def report(study_path: Path, out_dir: Path | None) -> None:
     _setup_logging()
     study_file = _load(study_path)
     study = _load_existing_study(study_file)
-    out_dir = out_dir or Path("reports") / study_file.name
+    # The study name is any string (``../../x`` too): it becomes one plain path component.
+    out_dir = out_dir or Path("reports") / safe_filename(study_file.name)
     written = write_report(study, out_dir, budget=study_file.budget.trials)
     click.echo(written.summary_text)
     for path in written.files.values():
@@ -263,13 +275,13 @@ def report(study_path: Path, out_dir: Path | None) -> None:
             artifacts={f"report/{p.name}": p.read_bytes() for p in written.files.values()},
         )
         tracker.end_study()
-        if not tracker.flush(timeout=60.0):
-            raise TunerError(
-                "the report could not be logged to MLflow (the tracking server did not answer)",
-                hint="the files are written locally; run `tuner report` again later",
-            )
     finally:
-        tracker.close(timeout=10.0)
+        delivered = tracker.close(timeout=60.0)
+    if not delivered:
+        raise TunerError(
+            "the report could not be logged to MLflow (the tracking server did not answer)",
+            hint="the files are written locally; run `tuner report` again later",
+        )
     _echo(f"logged to MLflow run {parent}")
 
 
@@ -292,7 +304,7 @@ def sync(study_path: Path) -> None:
     result = sync_study(
         study, study_file.mlflow.tracking_uri,
         experiment=study_file.mlflow.experiment, metric=study_file.metric,
-        study_yaml_text=study_file.raw_text,
+        study_yaml_text=study_file.raw_text, budget=study_file.budget.trials,
         tags={
             "tuner.sampler": study_file.sampler.name,
             "tuner.pruner": study_file.pruner.name,
@@ -302,7 +314,9 @@ def sync(study_path: Path) -> None:
     click.echo(
         f"synced study {study_file.name!r} to MLflow run {result.parent_run_id}: "
         f"{result.created} runs created, {result.completed} completed, "
-        f"{result.already_ok} already complete, {result.skipped} still running"
+        f"{result.already_ok} already complete, {result.skipped} still running; "
+        f"parent {'updated' if result.parent_updated else 'already up to date'}, "
+        f"{result.parent_status}"
     )
 
 

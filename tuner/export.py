@@ -160,11 +160,14 @@ def build_optimizer(
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
     config: OptimizerConfig | Mapping[str, Any],
     total_steps: int,
+    *,
+    fused: bool = False,
 ) -> tuple[torch.optim.Optimizer, WarmupScheduleLR]:
     """Plain torch objects for ``config``: the optimizer and its per-step lr scheduler.
 
     ``params`` may be tensors or param-group dicts; each group is scheduled from its own lr.
-    Call ``scheduler.step()`` after every ``optimizer.step()``.
+    Call ``scheduler.step()`` after every ``optimizer.step()``. ``fused=True`` builds Adam,
+    AdamW and Yogi fused when the parameters are on CUDA (same update, one kernel per step).
 
     Example::
 
@@ -176,5 +179,5 @@ def build_optimizer(
         [0.0]
     """
     config = load_optimizer_config(config)
-    optimizer = get_optimizer(config.optimizer).build(params, dict(config.kwargs))
+    optimizer = get_optimizer(config.optimizer).build(params, dict(config.kwargs), fused=fused)
     return optimizer, build_scheduler(optimizer, config.schedule, config.warmup, total_steps)

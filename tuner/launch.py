@@ -330,20 +330,9 @@ def _check_device(device: str) -> None:
 
 
 def _update_parent(tracker: Tracker, summary: StudySummary) -> None:
-    import yaml
+    from tuner.tracking import study_results
 
-    metrics = {f"trials_{k}": float(v) for k, v in summary.counts.items()}
-    metrics["trials_finished"] = float(summary.finished)
-    artifacts: dict[str, str | bytes] = {}
-    if summary.best_value is not None:
-        metrics["best_value"] = float(summary.best_value)
-        metrics["best_trial"] = float(summary.best_number or 0)
-    if summary.best_config is not None:
-        artifacts["best_config.yaml"] = yaml.safe_dump(summary.best_config, sort_keys=False)
-    if summary.range_test_epochs is not None:
-        metrics["lr_range_test_epochs"] = summary.range_test_epochs
-    if summary.search_notes:
-        artifacts["search_setup.txt"] = "\n".join(summary.search_notes) + "\n"
+    metrics, artifacts = study_results(summary)
     tracker.update_study(metrics=metrics, artifacts=artifacts)
 
 

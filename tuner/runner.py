@@ -358,11 +358,12 @@ class Worker:
         self._record(ot, trial, outcome, value, reason, tb, diverged_step, duration, unwritten)
         if recorder is not None:
             recorder.finish(outcome, tags={"tuner.duration_s": f"{duration:.3f}"})
-            # Wait (bounded) for the previous trial's MLflow data, not this one's: sending
-            # overlaps the next trial, yet training never runs more than a trial ahead of
-            # MLflow. The study database already holds everything; `tuner sync` backfills.
+            # Wait (1 s at most, and not at all while MLflow fails) for the previous trial's
+            # MLflow data, not this one's: sending overlaps the next trial, yet training does
+            # not run far ahead of MLflow. The study database holds everything; `tuner sync`
+            # backfills.
             if self._tracking_mark is not None:
-                self.tracker.flush(timeout=10.0, upto=self._tracking_mark)
+                self.tracker.flush(timeout=1.0, upto=self._tracking_mark)
             self._tracking_mark = self.tracker.mark()
         if outcome == "failed":
             _free_device_memory()

@@ -31,6 +31,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StorageError
+from tuner.redact import redact as redact_url  # re-exported: callers import it from here
 
 __all__ = [
     "RetryingRDBStorage",
@@ -50,7 +51,6 @@ T = TypeVar("T")
 FailedTrialCallback = Callable[["optuna.Study", FrozenTrial], None]
 
 _SCHEME = re.compile(r"(?P<dialect>[a-zA-Z][a-zA-Z0-9.\-]*)(\+[a-zA-Z0-9_.\-]+)?://")
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
 
 # Enough to ride out a PostgreSQL restart (a few seconds) with room to spare: the waits are
 # 0.5, 1, 2, 4, 8, 8, 8 s (plus jitter), about 30 s in all before the error reaches the caller.
@@ -60,15 +60,6 @@ DEFAULT_MAX_DELAY = 8.0
 
 _CONNECT_HINT = "is the server running? check the host, port and credentials"
 _URL_HINT = "check the storage URL, e.g. sqlite:///tuner.db or postgresql://user@host:5432/tuner"
-
-
-def redact_url(text: str) -> str:
-    """Replace the password of every URL in ``text`` with ``***``.
-
-    >>> redact_url("postgresql+psycopg://tuner:s3cret@db:5432/tuner")
-    'postgresql+psycopg://tuner:***@db:5432/tuner'
-    """
-    return _PASSWORD.sub(r"\g<head>***\g<tail>", text)
 
 
 def normalize_url(url: str) -> str:
@@ -338,15 +329,8 @@ class RetryingRDBStorage(RDBStorage):
 
 
 def _scrub(text: str, url: str) -> str:
-    """``text`` with URL passwords and the literal password of ``url`` replaced by ``***``."""
-    text = redact_url(text)
-    try:
-        password = sqlalchemy.engine.make_url(url).password
-    except Exception:
-        password = None
-    if password:
-        text = text.replace(str(password), "***")
-    return text
+    """``text`` with URL passwords, and the password of ``url`` in any form, replaced."""
+    return redact_url(text, url)
 
 
 def _reason(exc: BaseException, url: str) -> str:

@@ -777,12 +777,6 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-# Greedy up to the last "@": a password may itself hold an unescaped "@".
-_URL_PASSWORD = re.compile(r"(?P<head>://[^:/@\s'\"]*:)[^\s'\"]*@")
-_USERINFO = re.compile(r"(?P<head>[\w.%+\-~]+:)[^\s@/'\"]+@")
-
-
 def _redact(text: str) -> str:
-    """Hide URL passwords, also in URLs too broken for ``redact_url`` (no scheme, one slash)."""
-    text = _URL_PASSWORD.sub(r"\g<head>***@", redact_url(str(text)))
-    return _USERINFO.sub(r"\g<head>***@", text)
+    """Hide URL passwords (:func:`tuner.redact.redact`, also for URLs too broken to parse)."""
+    return redact_url(str(text))

@@ -1,8 +1,9 @@
 """Yogi (Zaheer et al. 2018, "Adaptive Methods for Nonconvex Optimization", Algorithm 2).
 
 Laid out like ``torch/optim/adam.py``: the :class:`Yogi` class validates its hyperparameters and
-keeps the state; the functional :func:`yogi` dispatches to a single-tensor or a ``foreach``
-(multi-tensor) implementation, both with one signature.
+keeps the state; the functional :func:`yogi` dispatches to a single-tensor, a ``foreach``
+(multi-tensor) or a ``fused`` implementation (one Triton kernel per step, in ``_yogi_fused.py``),
+all with one signature.
 
 The update, with Adam-style bias correction as the common ports do (DESIGN §3)::
 
@@ -16,11 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _get_scalar_dtype
+
+if TYPE_CHECKING:
+    from tuner.optim._yogi_fused import FusedTables
 
 __all__ = ["Yogi", "yogi"]
 
@@ -41,6 +45,12 @@ class Yogi(Optimizer):
         weight_decay: L2 penalty added to the gradient, as in ``torch.optim.Adam`` (default 0).
         foreach: use the multi-tensor implementation; ``None`` picks it on CUDA, as torch does.
         maximize: maximize the objective instead of minimizing it.
+        fused: update every tensor in one Triton kernel launch per step (CUDA tensors, float32,
+            float16 or bfloat16; needs Triton, which ships with torch's CUDA builds). Off by
+            default, as in torch. On CPU tensors it runs only in Triton's interpreter
+            (``TRITON_INTERPRET=1``), for tests.
+        capturable: with ``fused``, allow capturing ``step()`` in a CUDA graph. The learning
+            rate is then the one at capture time.
 
     Example::
 
@@ -61,6 +71,8 @@ class Yogi(Optimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        fused: bool | None = None,
+        capturable: bool = False,
     ) -> None:
         # Written as `not x >= 0` so that NaN fails too.
         if not lr >= 0.0:
@@ -75,6 +87,10 @@ class Yogi(Optimizer):
             raise ValueError(f"Invalid initial_accumulator value: {initial_accumulator}")
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if fused and foreach:
+            raise ValueError("`fused` and `foreach` cannot be `True` together.")
+        if capturable and not fused:
+            raise ValueError("Yogi supports `capturable=True` only with `fused=True`.")
         defaults = {
             "lr": lr,
             "betas": (float(betas[0]), float(betas[1])),
@@ -83,11 +99,21 @@ class Yogi(Optimizer):
             "weight_decay": weight_decay,
             "foreach": foreach,
             "maximize": maximize,
-            # Optimizer.__init__ and its helpers read these two keys; Yogi supports neither mode.
+            "fused": fused,
+            "capturable": capturable,
+            # Optimizer.__init__ and its helpers read this key; Yogi does not support it.
             "differentiable": False,
-            "fused": None,
         }
         super().__init__(params, defaults)
+        self._fused_tables: FusedTables | None = None
+        for group in self.param_groups:
+            if group["fused"]:
+                # Checked here, like torch's fused Adam: the error comes where the optimizer is
+                # built, not at the first step.
+                from tuner.optim._yogi_fused import check_fused_param
+
+                for p in group["params"]:
+                    check_fused_param(p)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -96,6 +122,8 @@ class Yogi(Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
+            group.setdefault("capturable", False)
+        self._fused_tables: FusedTables | None = None
 
     def _init_group(
         self,
@@ -121,12 +149,20 @@ class Yogi(Optimizer):
             state = self.state[p]
             if len(state) == 0:
                 # The step count lives on the CPU: reading it as a Python float is free there,
-                # while a device tensor would force a sync on every step.
-                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                # while a device tensor would force a sync on every step. The fused kernel reads
+                # it on the device instead, so the host never needs its value.
+                state["step"] = (
+                    torch.tensor(0.0, dtype=torch.float32, device=p.device)
+                    if group["fused"]
+                    else torch.tensor(0.0, dtype=_get_scalar_dtype())
+                )
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.full_like(
                     p, group["initial_accumulator"], memory_format=torch.preserve_format
                 )
+            elif group["fused"] and state["step"].device != p.device:
+                # A state dict saved without fused keeps its step counts on the CPU.
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             state_steps.append(state["step"])
@@ -146,6 +182,10 @@ class Yogi(Optimizer):
             exp_avg_sqs: list[Tensor] = []
             state_steps: list[Tensor] = []
             self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, state_steps)
+            if group["fused"] and self._fused_tables is None:
+                from tuner.optim._yogi_fused import FusedTables
+
+                self._fused_tables = FusedTables()
             beta1, beta2 = group["betas"]
             yogi(
                 params,
@@ -154,12 +194,15 @@ class Yogi(Optimizer):
                 exp_avg_sqs,
                 state_steps,
                 foreach=group["foreach"],
+                fused=group["fused"],
                 beta1=beta1,
                 beta2=beta2,
                 lr=group["lr"],
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 maximize=group["maximize"],
+                capturable=group["capturable"],
+                fused_tables=self._fused_tables,
             )
         return loss
 
@@ -171,6 +214,7 @@ def yogi(
     exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     foreach: bool | None = None,
+    fused: bool | None = None,
     *,
     beta1: float,
     beta2: float,
@@ -178,10 +222,14 @@ def yogi(
     eps: float,
     weight_decay: float,
     maximize: bool,
+    capturable: bool = False,
+    fused_tables: FusedTables | None = None,
 ) -> None:
     """Functional Yogi: update ``params`` and the state lists in place. See :class:`Yogi`.
 
-    ``state_steps`` holds one scalar tensor per parameter, incremented here.
+    ``state_steps`` holds one scalar tensor per parameter, incremented here: on the CPU, or on
+    the parameters' device (float32) with ``fused``. ``fused_tables`` lets the fused path reuse
+    its tables from one step to the next (:class:`Yogi` keeps one).
 
     Example::
 
@@ -190,22 +238,36 @@ def yogi(
         >>> yogi([p], [g], [m], [v], [t], beta1=0.9, beta2=0.999, lr=1e-2, eps=1e-3,
         ...      weight_decay=0.0, maximize=False)
     """
+    kwargs = {
+        "beta1": beta1,
+        "beta2": beta2,
+        "lr": lr,
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "maximize": maximize,
+    }
+    if fused:
+        if foreach:
+            raise ValueError("`fused` and `foreach` cannot be `True` together.")
+        from tuner.optim._yogi_fused import fused_yogi
+
+        fused_yogi(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            state_steps,
+            capturable=capturable,
+            tables=fused_tables,
+            **kwargs,
+        )
+        return
+    if capturable:
+        raise ValueError("Yogi supports `capturable=True` only with `fused=True`.")
     if foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
     func = _multi_tensor_yogi if foreach else _single_tensor_yogi
-    func(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        state_steps,
-        beta1=beta1,
-        beta2=beta2,
-        lr=lr,
-        eps=eps,
-        weight_decay=weight_decay,
-        maximize=maximize,
-    )
+    func(params, grads, exp_avgs, exp_avg_sqs, state_steps, **kwargs)
 
 
 def _step_constants(step: float, beta1: float, beta2: float, lr: float, eps: float) -> tuple:

@@ -21,7 +21,7 @@ Example::
 
     >>> pruner = ScheduleMedianPruner(max_resource=10)
     >>> pruner.rung_steps
-    (2, 4)
+    (1, 4)
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class ScheduleMedianPruner(optuna.pruners.BasePruner):
     def __init__(
         self,
         max_resource: int = 10,
-        rungs: Sequence[float] = (0.3, 0.5),
+        rungs: Sequence[float] = (0.2, 0.5),
         n_startup_trials: int = 5,
         n_min_peers: int = 4,
     ) -> None:

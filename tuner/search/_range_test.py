@@ -60,7 +60,7 @@ STOP_RATIO = 4.0
 ONSET_RATIO = 2.0
 WINDOW = 7  # steps in a running median of the log gradient norm
 PERSIST = 3  # steps the median must stay above STOP_RATIO x its floor: a blow-up persists
-MIN_STEPS = 30
+MIN_STEPS = 20
 MAX_STEPS = 100
 
 
@@ -116,13 +116,13 @@ def probe_bounds(optimizer: str) -> tuple[float, float]:
 
 
 def probe_steps(total_steps: int, max_epochs: int) -> int:
-    """The ramp's length: two epochs of steps, clamped to [30, 100] and to the run's length.
+    """The ramp's length: an epoch and a half of steps, clamped to [20, 100] and to the run.
 
     >>> probe_steps(total_steps=200, max_epochs=10), probe_steps(total_steps=5000, max_epochs=10)
-    (40, 100)
+    (30, 100)
     """
     per_epoch = max(1, total_steps // max(1, max_epochs))
-    return max(1, min(total_steps, max(MIN_STEPS, min(MAX_STEPS, 2 * per_epoch))))
+    return max(1, min(total_steps, max(MIN_STEPS, min(MAX_STEPS, 3 * per_epoch // 2))))
 
 
 def search_range(diverges_at: float) -> tuple[float, float]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tuner.tracking._base import (
+    HTTP_DEFAULTS,
     OUTCOME_STATUS,
     OUTCOMES,
     PARENT_RUN_ATTR,
@@ -22,6 +23,7 @@ from tuner.tracking._base import (
     TrialRecorder,
     flatten_params,
     safe_text,
+    study_results,
 )
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from tuner.tracking._sync import SyncReport, sync_study
 
 __all__ = [
+    "HTTP_DEFAULTS",
     "OUTCOMES",
     "OUTCOME_STATUS",
     "PARENT_RUN_ATTR",
@@ -42,6 +45,7 @@ __all__ = [
     "flatten_params",
     "make_tracker",
     "safe_text",
+    "study_results",
     "sync_study",
 ]
 

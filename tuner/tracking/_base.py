@@ -2,19 +2,20 @@
 
 The runner never imports MLflow: it holds a :class:`Tracker` made by
 :func:`tuner.tracking.make_tracker` and a :class:`TrialRecorder` per trial. Every value that
-leaves tuner for a tracking backend goes through :func:`flatten_params` / :func:`safe_text`, so
-the redaction of passwords in URLs happens in one place.
+leaves tuner for a tracking backend goes through :func:`flatten_params` / :func:`safe_text`,
+which apply the one redaction function, :func:`tuner.redact.redact`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from tuner.storage import redact_url
+from tuner.redact import redact
 
 __all__ = [
+    "HTTP_DEFAULTS",
     "OUTCOMES",
     "OUTCOME_STATUS",
     "PARENT_RUN_ATTR",
@@ -24,6 +25,7 @@ __all__ = [
     "TrialRecorder",
     "flatten_params",
     "safe_text",
+    "study_results",
 ]
 
 #: The Optuna study user attr that keeps the parent run id across processes and resumes.
@@ -39,6 +41,18 @@ OUTCOME_STATUS: dict[str, str] = {
 }
 OUTCOMES = frozenset(OUTCOME_STATUS)
 
+#: MLflow's own HTTP settings for tuner's processes; the CLI sets each one the
+#: user has not (a library user sets their own).
+#: MLflow's defaults (a 120 s timeout, 7 retries with backoff) hold one request for up to 20
+#: minutes against a hung server. tuner's flusher retries with its own backoff and probes first,
+#: so one bounded attempt per request is all it needs; the URL printing would show the
+#: tracking URI, userinfo included, on stdout.
+HTTP_DEFAULTS: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
 # MLflow rejects longer values; we truncate instead of losing the whole batch.
 _MAX_PARAM_VALUE = 6000
 _MAX_TAG_VALUE = 8000
@@ -50,7 +64,7 @@ def safe_text(value: object, *, limit: int = _MAX_TAG_VALUE) -> str:
     >>> safe_text("postgresql://tuner:s3cret@db/tuner")
     'postgresql://tuner:***@db/tuner'
     """
-    text = redact_url(_to_str(value))
+    text = redact(_to_str(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -81,6 +95,31 @@ def flatten_params(params: Mapping[str, object], *, prefix: str = "") -> dict[st
         else:
             flat[name] = safe_text(value, limit=_MAX_PARAM_VALUE)
     return flat
+
+
+def study_results(summary: Any) -> tuple[dict[str, float], dict[str, str | bytes]]:
+    """The parent run's metrics and artifacts for a :class:`~tuner.summary.StudySummary`.
+
+    Counts by outcome (``trials_complete``...), ``trials_finished``, ``best_value`` and
+    ``best_trial``, and the best configuration as ``best_config.yaml``. Launch, worker and
+    ``tuner sync`` all log the study's results through this one function.
+    """
+    import yaml
+
+    metrics = {f"trials_{k}": float(v) for k, v in summary.counts.items()}
+    metrics["trials_finished"] = float(summary.finished)
+    artifacts: dict[str, str | bytes] = {}
+    if summary.best_value is not None:
+        metrics["best_value"] = float(summary.best_value)
+        metrics["best_trial"] = float(summary.best_number or 0)
+    if summary.best_config is not None:
+        artifacts["best_config.yaml"] = yaml.safe_dump(summary.best_config, sort_keys=False)
+    # What the pre-search phase found (tuner.search): the range test and the portfolio.
+    if getattr(summary, "range_test_epochs", None) is not None:
+        metrics["lr_range_test_epochs"] = float(summary.range_test_epochs)
+    if getattr(summary, "search_notes", None):
+        artifacts["search_setup.txt"] = "\n".join(summary.search_notes) + "\n"
+    return metrics, artifacts
 
 
 @runtime_checkable
@@ -165,15 +204,16 @@ class Tracker(Protocol):
 
     def flush(self, timeout: float, *, upto: int | None = None) -> bool:
         """Wait at most ``timeout`` seconds for what was queued so far (or before the ``mark``
-        ``upto``); True if all of it was sent."""
+        ``upto``); True if all of it was sent. Returns at once while the backend is failing."""
         ...
 
     def mark(self) -> int:
         """A position in the queue: ``flush(upto=mark)`` waits only for what came before it."""
         ...
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Flush (bounded by ``timeout``) and stop the background flusher."""
+    def close(self, timeout: float = 30.0) -> bool:
+        """Deliver what is queued (bounded by ``timeout``, and shorter when the backend keeps
+        failing), stop the background flusher; True if everything was delivered."""
         ...
 
 
@@ -238,5 +278,6 @@ class NullTracker:
         """Nothing is ever queued: 0."""
         return 0
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Do nothing."""
+    def close(self, timeout: float = 30.0) -> bool:
+        """Nothing is ever pending: True."""
+        return True

@@ -1,21 +1,28 @@
-"""The background flusher: one thread that owns the tracking client and sends queued operations.
+"""The background flusher: one daemon thread that owns the tracking client and sends queued work.
 
-It runs in the tracker's sender process (:mod:`tuner.tracking._sender`), fed by the trial's
-process through a pipe; there the feeding thread only appends to a deque. The flusher
-wakes every ``interval`` seconds (or at once on ``flush``/``finish``), sends what accumulated in
-order, merging each run's metrics into batches, and on a transient failure keeps everything
-queued and backs off. Past ``max_queued`` operations new metric points are dropped (counted,
-warned once): run creations, ends, params and tags are never dropped, so the run layout survives
-a long outage and ``tuner sync`` can backfill the curves from the study database.
+The trial's thread only appends to a deque (``put_metrics``, ``put_call``: no lock, no I/O). The
+flusher wakes every ``interval`` seconds (or at once on ``flush``/``close`` or a run's end),
+sends what accumulated in order, merging each run's metrics into batches, and on a transient
+failure keeps everything queued and backs off. Past ``max_queued`` operations new metric
+points are dropped (counted, warned once): run creations, ends, params and tags are never
+dropped, so the run layout survives a long outage and ``tuner sync`` can backfill the curves
+from the study database.
+
+A circuit breaker keeps an unhealthy backend from costing the trials time. It opens on a
+failed round, or when a waiter sees a round hang for ``patience`` seconds (a server that
+accepts connections but never answers); while it is open, ``flush`` returns at once, and the
+flusher probes the backend (``probe``, one cheap bounded request) before it tries real work
+again. The first round that succeeds closes it. So a trial's end waits for MLflow at most
+``patience`` seconds in all, and after the first failure not at all.
 
 Every operation is marked done once sent, so a retry after a partial failure resends nothing that
 already arrived (run creation, the one non-idempotent call, also guards itself).
 
-Calls are kept few, since the flusher's CPU work competes with training for the cores (and, for
-a server, the server's work too): a run's metric points wait while they are younger than
-``interval`` and nothing asked for them (a ``flush`` does), so a short trial's points all go with
-its end, and an operation queued with ``merge`` (a run's end) takes its run's pending points
-along in the same request.
+Calls are kept few, since the flusher's CPU work competes with training for the GIL and the
+cores (and, for a server, the server's work too): a run's metric points wait while they are
+younger than ``interval`` and nothing asked for them (a ``flush`` does), so a short trial's
+points all go with its end, and an operation queued with ``merge`` (a run's end) takes its
+run's pending points along in the same request.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tuner.storage import redact_url
+from tuner.redact import redact
 
 __all__ = ["CallOp", "Flusher", "MetricsOp", "PermanentError", "RunHandle"]
 
@@ -98,12 +105,14 @@ Op = MetricsOp | CallOp
 
 
 class Flusher:
-    """Owns the queue and the thread that drains it.
+    """Owns the queue, the thread that drains it and the circuit breaker.
 
     ``send_metrics(handle, ops)`` sends a run's metric ops (in batches it chooses) and raises on
     failure; ``is_transient(exc)`` says whether a failure is worth retrying; ``probe()``, when
-    given, is a cheap reachability check made before each round while the backend is down, so
-    that an outage costs a refused connection per round, not a whole batch's requests.
+    given, is a cheap bounded reachability check made before each round while the breaker is
+    open, so that an outage costs one refused (or timed-out) probe per round, not a whole
+    batch's requests. ``patience``: how long a waiter lets one round run before it counts the
+    backend as hung. ``down_grace``: how long ``close`` waits for an unhealthy backend.
     """
 
     def __init__(
@@ -116,7 +125,8 @@ class Flusher:
         interval: float = 0.2,
         max_backoff: float = 15.0,
         ops_per_round: int = 20_000,
-        on_round: Callable[[], None] | None = None,
+        patience: float = 1.0,
+        down_grace: float = 5.0,
     ) -> None:
         self._send_metrics = send_metrics
         self._is_transient = is_transient
@@ -125,8 +135,8 @@ class Flusher:
         self._interval = interval
         self._max_backoff = max_backoff
         self._ops_per_round = ops_per_round
-        # Called after every send round (the sender reports its progress to the trial's process).
-        self._on_round = on_round
+        self._patience = patience
+        self._down_grace = down_grace
         # deque.append and len are atomic under the GIL: the hot path needs no lock. Producers
         # append to the inbox; only the flusher pops it (under _progress) into its own list.
         self._queue: collections.deque[Op] = collections.deque()
@@ -136,17 +146,19 @@ class Flusher:
         self._wake = threading.Event()
         self._progress = threading.Condition()
         self._closing = False
+        self._draining = False  # close() is waiting: retry the backend often
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.dropped_metrics = 0  # metric points refused at the cap
+        self.dropped_metrics = 0  # log calls refused at the cap
+        self.dropped_points = 0  # the metric points in them
         self.lost_ops = 0  # operations dropped after a permanent failure
         self._lost_seen = 0
         self._warned_cap = False
         self._last_error: str | None = None
-        # Rounds started, and the last one that failed: a flush gives up once a round it
-        # waited for failed (the backend is down; waiting longer only stalls the trial).
-        self._rounds = 0
-        self._failed_round = 0
+        # The breaker: closed (healthy) until a round fails or hangs; the next good round
+        # closes it again. _round_started is when the round in flight began (None when idle).
+        self._healthy = True
+        self._round_started: float | None = None
         # Every op up to this sequence number goes out in the next round, young or not.
         self._flush_upto = -1
 
@@ -158,7 +170,7 @@ class Flusher:
         """Queue one ``log`` call (made at ``ts`` ms, default now); drop it (counted) when the
         queue is full or closed."""
         if len(self._queue) + len(self._pending) >= self._max_queued or self._closing:
-            self._drop_metrics()
+            self._drop_metrics(len(metrics))
             return
         ts = time.time_ns() // 1_000_000 if ts is None else ts
         op = MetricsOp(next(self._seq), handle, dict(metrics), step, ts)
@@ -189,8 +201,9 @@ class Flusher:
         if wake:
             self._wake.set()
 
-    def _drop_metrics(self) -> None:
+    def _drop_metrics(self, points: int) -> None:
         self.dropped_metrics += 1
+        self.dropped_points += points
         if not self._warned_cap:
             self._warned_cap = True
             _log.warning(
@@ -203,36 +216,70 @@ class Flusher:
         """A sequence number later than every operation queued so far."""
         return next(self._seq)
 
-    def flush(
-        self, timeout: float, *, give_up_when_down: bool = True, upto: int | None = None
-    ) -> bool:
+    @property
+    def healthy(self) -> bool:
+        """False while the breaker is open: the last round failed or hung."""
+        return self._healthy
+
+    def flush(self, timeout: float, *, upto: int | None = None) -> bool:
         """Wait up to ``timeout`` s for the operations queued before this call to be sent.
 
-        With ``give_up_when_down`` the wait ends early once a send round started after this
-        call has failed: the backend is unreachable, and a trial's end should not stall for
-        the whole timeout on every trial of an outage (the data stays queued and is retried).
-        With ``upto`` (a :meth:`mark`) it waits only for the operations queued before that mark.
+        The wait ends early when the breaker opens (a round fails, or hangs past ``patience``),
+        and does not start while it is open: a trial's end must not stall on a backend that is
+        down (the data stays queued and is retried; :meth:`close` is the patient wait). With
+        ``upto`` (a :meth:`mark`) it waits only for the operations queued before that mark.
         Returns True when they were all delivered and nothing was dropped since the last flush.
         """
         target = next(self._seq) if upto is None else upto
-        first_round = self._rounds + 1
-        deadline = time.monotonic() + max(0.0, timeout)
         if target > self._flush_upto:
             self._flush_upto = target
         self._wake.set()
-        with self._progress:
-            while not self._drained_up_to(target):
-                left = deadline - time.monotonic()
-                if left <= 0 or self._thread is None or not self._thread.is_alive():
-                    break
-                if give_up_when_down and self._failed_round >= first_round:
-                    break
-                self._progress.wait(min(left, 0.5))
-            drained = self._drained_up_to(target)
+        drained = self._wait(target, time.monotonic() + max(0.0, timeout), grace=None)
         lost = self.lost_ops + self.dropped_metrics
         clean = lost == self._lost_seen
         self._lost_seen = lost
         return drained and clean
+
+    def _wait(self, target: int, deadline: float, grace: float | None) -> bool:
+        """Wait until everything up to ``target`` was sent, or ``deadline``.
+
+        With ``grace`` None (a trial's flush) give up as soon as the backend is unhealthy, or
+        once a round hangs past ``patience`` (which opens the breaker). With a ``grace`` (close)
+        wait through failures and slow rounds, but give up once the backend has kept failing,
+        or one round has hung, for ``grace`` seconds.
+        """
+        failing_since: float | None = None
+        with self._progress:
+            while not self._drained_up_to(target):
+                now = time.monotonic()
+                if self._thread is None or not self._thread.is_alive():
+                    break
+                started = self._round_started
+                age = now - started if started is not None else 0.0
+                if age >= self._patience:
+                    self._trip(f"no answer within {self._patience:g} s")
+                if grace is None:
+                    if not self._healthy:
+                        break
+                elif age >= grace:
+                    break
+                elif not self._healthy and started is None:  # failed, backing off
+                    failing_since = failing_since or now
+                    if now - failing_since >= grace:
+                        break
+                if now >= deadline:
+                    break
+                left = deadline - now
+                if started is not None and age < self._patience:
+                    left = min(left, self._patience - age)
+                self._progress.wait(max(0.001, min(left, 0.5)))
+            return self._drained_up_to(target)
+
+    def _trip(self, why: str) -> None:
+        if self._healthy:
+            self._healthy = False
+            _log.warning("tracking: %s; trials no longer wait for it until it answers", why)
+        self._last_error = self._last_error or why
 
     def _drained_up_to(self, target: int) -> bool:
         # Called under _progress: the flusher moves ops from the inbox only under it too.
@@ -247,23 +294,36 @@ class Flusher:
         with self._progress:
             return len(self._queue) + sum(1 for op in self._pending if not op.done)
 
+    def undelivered(self) -> tuple[int, int]:
+        """``(metric points, other operations)`` not delivered: still queued, or dropped."""
+        with self._progress:
+            ops = [op for op in (*self._pending, *list(self._queue)) if not op.done]
+        points = sum(len(op.metrics) for op in ops if isinstance(op, MetricsOp))
+        calls = sum(1 for op in ops if isinstance(op, CallOp))
+        return points + self.dropped_points, calls
+
     @property
     def last_error(self) -> str | None:
         """The last send failure, redacted, or None once sends succeed again."""
         return self._last_error
 
     def close(self, timeout: float) -> bool:
-        """Flush (bounded), then stop the thread. Returns True if everything was delivered.
+        """Flush, then stop the thread. Returns True if everything was delivered.
 
-        Unlike a trial's flush, this one waits out the whole ``timeout`` through failures: it is
-        the last chance to deliver what is queued.
+        Waits at most ``timeout`` s in all, through failures and slow rounds, but at most
+        ``down_grace`` s once the backend keeps failing or one round hangs: the last chance to
+        deliver, yet an exit that no hung server holds.
         """
-        delivered = self.flush(timeout, give_up_when_down=False)
+        target = next(self._seq)
+        self._flush_upto = target
+        self._draining = True
+        self._wake.set()
+        delivered = self._wait(target, time.monotonic() + max(0.0, timeout), self._down_grace)
         self._closing = True
         self._wake.set()
-        if self._thread is not None:
+        if self._thread is not None and self._healthy:
             self._thread.join(timeout=2.0)
-        return delivered
+        return delivered and self.lost_ops == 0 and self.dropped_metrics == 0
 
     # -- the flusher thread -----------------------------------------------------------------
 
@@ -286,53 +346,52 @@ class Flusher:
             if not self._queue and not self._pending:
                 delay = self._interval
                 continue
-            ok = self._round()
-            if ok:
+            if self._round():
                 backoff = delay = self._interval
             else:
                 backoff = min(self._max_backoff, backoff * 2)
-                delay = backoff
+                # While close() waits, retry often: its grace is short.
+                delay = min(backoff, 0.5) if self._draining else backoff
 
     def _round(self) -> bool:
         """Send one round of queued ops in order. False on a transient failure (retry later)."""
         with self._progress:
-            self._rounds += 1
-            this_round = self._rounds
-            # A round takes everything queued: sending overlaps training (it runs in the
-            # sender process, beside the trial's).
             while self._queue and len(self._pending) < self._ops_per_round:
                 self._pending.append(self._queue.popleft())
             self._head_seq = self._pending[0].seq if self._pending else None
         try:
-            # While the backend is down, a cheap probe tells whether to try the real requests.
-            if self._probe is not None and self._last_error is not None and not self._probe():
-                self._note_failure("tracking server unreachable", this_round)
+            # While the breaker is open, a cheap bounded probe says whether to try for real.
+            if self._probe is not None and not self._healthy and not self._probe():
+                self._note_failure("tracking server unreachable")
                 return False
+            self._round_started = time.monotonic()
             self._send(list(self._pending))
         except Exception as exc:  # the flusher must survive anything a backend raises
             if not self._is_transient(exc):
                 _log.exception("tracking: unexpected error in the flusher")
-            self._note_failure(f"{type(exc).__name__}: {exc}", this_round)
+            self._note_failure(f"{type(exc).__name__}: {exc}")
             return False
         finally:
             with self._progress:
+                self._round_started = None
                 while self._pending and self._pending[0].done:
                     self._pending.popleft()
                 self._head_seq = self._pending[0].seq if self._pending else None
                 self._progress.notify_all()
-            if self._on_round is not None:
-                self._on_round()
-        if self._last_error is not None:
+        if not self._healthy:
             _log.warning("tracking: backend reachable again, sending queued data")
-            self._last_error = None
+        self._healthy = True
+        self._last_error = None
         return True
 
-    def _note_failure(self, message: str, round_number: int) -> None:
-        self._failed_round = round_number
-        message = redact_url(message)
-        if self._last_error is None:
+    def _note_failure(self, message: str) -> None:
+        message = redact(message)
+        if self._healthy:
             _log.warning("tracking: send failed, will retry with backoff: %s", message)
-        self._last_error = message
+        with self._progress:
+            self._healthy = False
+            self._last_error = message
+            self._progress.notify_all()
 
     def _send(self, ops: list[Op]) -> None:
         # Per run, order matters (create < metrics < end); across runs it does not. So metrics
@@ -394,6 +453,6 @@ class Flusher:
 
     def _give_up(self, ops: list[Op], why: str) -> None:
         self.lost_ops += len(ops)
-        _log.warning("tracking: dropped %d operation(s): %s", len(ops), redact_url(str(why)))
+        _log.warning("tracking: dropped %d operation(s): %s", len(ops), redact(str(why)))
         for op in ops:
             op.done = True

@@ -4,14 +4,21 @@ For every finished trial of the Optuna study, the child run under the study's pa
 created if missing, or completed if the tracker could not deliver all of it (run still RUNNING,
 a missing outcome, a status that disagrees with the study, missing params or curve points).
 Runs are matched by the tag ``tuner.trial_number`` (or the name ``trial-<number>``), so running
-sync twice creates nothing the second time.
+sync twice creates nothing the second time. Duplicates of one trial's run (a create whose
+answer was lost to a timeout, resent) are deleted, keeping the one that got furthest.
+
+The parent run gets the study's results (the metrics and ``best_config.yaml`` that launch
+logs at its end, each only when it differs) and, once no trial is running or waiting, the
+status FINISHED.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from mlflow import MlflowClient
@@ -19,12 +26,20 @@ from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.tracking._base import OUTCOME_STATUS, PARENT_RUN_ATTR, flatten_params, safe_text
-from tuner.tracking._mlflow import (
+from tuner.redact import redact
+from tuner.tracking._base import (
+    OUTCOME_STATUS,
+    PARENT_RUN_ATTR,
+    flatten_params,
+    safe_text,
+    study_results,
+)
+from tuner.tracking._client import (
     ensure_experiment,
     log_artifacts,
     log_entities,
     make_client,
+    now_ms,
     open_parent_run,
     terminate_run,
     to_metric,
@@ -53,7 +68,9 @@ _RETRIED_ATTR = "retry_history"
 class SyncReport:
     """What :func:`sync_study` did: runs created, runs completed, runs already whole.
 
-    ``skipped`` counts trials still running or waiting in the study (nothing final to sync).
+    ``skipped`` counts trials still running or waiting in the study (nothing final to sync),
+    ``duplicates`` the extra runs of one trial that were deleted; ``parent_updated`` says
+    whether the parent's results had to change, ``parent_status`` is its status afterwards.
     """
 
     parent_run_id: str
@@ -61,6 +78,9 @@ class SyncReport:
     completed: int = 0
     already_ok: int = 0
     skipped: int = 0
+    duplicates: int = 0
+    parent_updated: bool = False
+    parent_status: str = "RUNNING"
 
 
 @dataclass(frozen=True)
@@ -87,8 +107,10 @@ def sync_study(
     study_yaml_text: str | None = None,
     tags: Mapping[str, str] | None = None,
     client: MlflowClient | None = None,
+    budget: int | None = None,
 ) -> SyncReport:
-    """Create or complete the child run of every finished trial of ``study``; idempotent.
+    """Create or complete the child run of every finished trial of ``study``, then the parent
+    run's results and status; idempotent.
 
     ``metric`` names the study's metric (intermediate values and the final value go there).
     ``parent_run_id`` defaults to the id kept in the study's user attrs; when there is none
@@ -116,7 +138,7 @@ def sync_study(
     if study_yaml_text is not None:
         log_artifacts(client, parent, {"study.yaml": study_yaml_text})
 
-    children = _children_by_number(client, experiment_id, parent)
+    children, duplicates = _children_by_number(client, experiment_id, parent)
     created = completed = already_ok = skipped = 0
     trials = study.get_trials(deepcopy=False)
     retried = _retried_numbers(trials)
@@ -133,6 +155,7 @@ def sync_study(
             completed += 1
         else:
             already_ok += 1
+    updated, status = _complete_parent(client, parent, study, budget, finished=skipped == 0)
     _log.info(
         "sync: %d run(s) created, %d completed, %d already complete, %d trial(s) still running",
         created,
@@ -140,11 +163,52 @@ def sync_study(
         already_ok,
         skipped,
     )
-    return SyncReport(parent, created, completed, already_ok, skipped)
+    return SyncReport(parent, created, completed, already_ok, skipped, duplicates, updated, status)
 
 
-def _children_by_number(client: MlflowClient, experiment_id: str, parent: str) -> dict[int, Run]:
-    children: dict[int, Run] = {}
+def _complete_parent(
+    client: MlflowClient, parent: str, study: optuna.Study, budget: int | None, *, finished: bool
+) -> tuple[bool, str]:
+    """Log the study's results on the parent where they differ; end it once ``finished``."""
+    from tuner.summary import summarize
+
+    metrics, artifacts = study_results(summarize(study, budget=budget))
+    run = client.get_run(parent)
+    ts = now_ms()
+    changed = [
+        m
+        for key, value in metrics.items()
+        if run.data.metrics.get(key) != value and (m := to_metric(key, value, ts, 0)) is not None
+    ]
+    log_entities(client, parent, metrics=changed)
+    stale = {
+        name: text
+        for name, text in artifacts.items()
+        if _artifact_text(client, parent, name) != redact(text)
+    }
+    if stale:
+        log_artifacts(client, parent, stale)
+    status = run.info.status
+    if finished and status != "FINISHED":
+        terminate_run(client, parent, "FINISHED", ts)
+        status = "FINISHED"
+    return bool(changed or stale or status != run.info.status), status
+
+
+def _artifact_text(client: MlflowClient, run_id: str, name: str) -> str | None:
+    """A text artifact's content, or None when the run has no such artifact."""
+    with tempfile.TemporaryDirectory(prefix="tuner-sync-") as tmp:
+        try:
+            return Path(client.download_artifacts(run_id, name, tmp)).read_text(encoding="utf-8")
+        except Exception:  # absent (MLflow raises its own or an OSError, by store)
+            return None
+
+
+def _children_by_number(
+    client: MlflowClient, experiment_id: str, parent: str
+) -> tuple[dict[int, Run], int]:
+    """The parent's child run per trial number, and how many duplicates were deleted."""
+    runs: dict[int, list[Run]] = {}
     token: str | None = None
     while True:
         page = client.search_runs(
@@ -155,14 +219,23 @@ def _children_by_number(client: MlflowClient, experiment_id: str, parent: str) -
         )
         for run in page:
             number = _trial_number(run)
-            # Of duplicates (should not exist), keep the one that got furthest.
-            if number is not None and (
-                number not in children or children[number].info.status == "RUNNING"
-            ):
-                children[number] = run
+            if number is not None:
+                runs.setdefault(number, []).append(run)
         token = page.token
         if not token:
-            return children
+            break
+    children: dict[int, Run] = {}
+    deleted = 0
+    for number, found in runs.items():
+        # Of duplicates, keep the one that got furthest: ended, then the most data.
+        found.sort(key=lambda r: (r.info.status != "RUNNING", len(r.data.metrics)), reverse=True)
+        children[number] = found[0]
+        for extra in found[1:]:
+            client.delete_run(extra.info.run_id)
+            deleted += 1
+    if deleted:
+        _log.warning("sync: deleted %d duplicate trial run(s)", deleted)
+    return children, deleted
 
 
 def _trial_number(run: Run) -> int | None:
