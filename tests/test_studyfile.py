@@ -207,7 +207,7 @@ BAD_INPUTS = [
         "unknown-pruner",
         BASE + "pruner: {name: asha}\n",
         {},
-        ["pruner.name: must be one of hyperband, median, none, successive_halving, but got 'asha'"],
+        ["pruner.name: must be one of hyperband, median, none, schedule_median, successive_halving, but got 'asha'"],
     ),
     (
         "option-for-nop-pruner",
