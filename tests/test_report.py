@@ -27,6 +27,9 @@ PLOTS = (
     "parallel_coordinates",
     "best_per_optimizer",
     "lr_schedule",
+    "score_vs_lr",
+    "score_by_schedule",
+    "replicates",
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TOTAL_STEPS = 200
@@ -61,7 +64,12 @@ def _loss(config: dict[str, Any], number: int) -> float:
 
 
 def make_study(
-    folder: Path, *, direction: str = "minimize", trials: int = 40, name: str = "report-test"
+    folder: Path,
+    *,
+    direction: str = "minimize",
+    trials: int = 40,
+    name: str = "report-test",
+    replicates: int = 0,
 ) -> optuna.Study:
     """A study in SQLite with complete, pruned, diverged and failed trials, as the runner
     records them (states, user attributes, a NaN report for a diverged trial).
@@ -106,7 +114,39 @@ def make_study(
     )
     study.set_user_attr("tuner:metric", "val_accuracy" if direction == "maximize" else "loss")
     study.add_trials(scratch.get_trials(deepcopy=False))
+    if replicates:
+        add_replicates(study, replicates)
     return study
+
+
+def add_replicates(study: optuna.Study, seeds: int, *, finalists: int = 3) -> None:
+    """Replicates of the finalists as the runner records them: the finalist's configuration
+    again, the value moved by per-seed noise (the same for every finalist, as shared seeds do)."""
+    from tuner.compare import REPLICATE_ATTR, replicate_seed
+    from tuner.compare import finalists as pick
+
+    direction = study.direction.name.lower()
+    for finalist in pick(study.get_trials(deepcopy=False), direction, finalists):
+        for index in range(seeds):
+            seed = replicate_seed(0, index)
+            # Worse than the search value, which was the best of many (the winner's curse).
+            worse = 0.01 * (index + 1) + 0.002 * (finalist.number % 3)
+            value = finalist.value + (worse if direction == "minimize" else -worse)
+            study.add_trial(
+                optuna.trial.create_trial(
+                    value=value,
+                    user_attrs={
+                        REPLICATE_ATTR: {
+                            "of": finalist.number, "index": index, "seed": seed,
+                            "config": finalist.user_attrs["tuner:config"],
+                        },
+                        "tuner:config": finalist.user_attrs["tuner:config"],
+                        "tuner:outcome": "complete",
+                        "tuner:duration_s": 0.5,
+                        "tuner:total_steps": TOTAL_STEPS,
+                    },
+                )
+            )  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=["minimize", "maximize"])
@@ -115,7 +155,7 @@ def reported(
 ) -> tuple[optuna.Study, Report, Path]:
     """One study per direction and its report, shared by the tests that only read them."""
     folder = tmp_path_factory.mktemp(request.param)
-    study = make_study(folder, direction=request.param)
+    study = make_study(folder, direction=request.param, replicates=3)
     return study, write_report(study, folder / "report", budget=40), folder / "report"
 
 
@@ -140,7 +180,7 @@ def test_report_writes_every_plot_and_the_summary(
     study, report, folder = reported
     direction = study.direction.name.lower()
 
-    assert set(report.files) == {*PLOTS, "summary"}, report.skipped
+    assert set(report.files) == {*PLOTS, "summary", "answer"}, report.skipped
     assert report.skipped == {}
     for name in PLOTS:
         assert report.files[name] == folder / f"{name}.png"
@@ -154,7 +194,11 @@ def test_report_writes_every_plot_and_the_summary(
     assert f"Best `{metric}`: **{best:.6g}** (trial {study.best_trial.number})" in text
     assert "optimizer: adamw" in text  # the best configuration, as YAML
     counts = {
-        o: sum(t.user_attrs.get("tuner:outcome") == o for t in study.trials)
+        o: sum(
+            t.user_attrs.get("tuner:outcome") == o
+            for t in study.trials
+            if "tuner:replicate" not in t.user_attrs  # the replicates have their own section
+        )
         for o in ("complete", "pruned", "diverged", "failed")
     }
     assert all(counts.values()), counts  # the study really has every outcome
@@ -212,7 +256,7 @@ def test_importances_cover_a_shared_lr_and_the_best_optimizers_own(
     adamw = [
         t
         for t in study.get_trials(states=(TrialState.COMPLETE,))
-        if t.params["optimizer"] == "adamw"
+        if t.params.get("optimizer") == "adamw"
     ]
     importances = param_importances(adamw)
     assert sum(importances.values()) == pytest.approx(1.0)
@@ -272,13 +316,13 @@ def test_empty_study_writes_the_summary_and_says_why(tmp_path: Path) -> None:
     )
     report = write_report(study, tmp_path / "report")
 
-    assert set(report.files) == {"summary"}
+    assert set(report.files) == {"summary", "answer"}
     assert set(report.skipped) == set(PLOTS)
     assert report.skipped["optimization_history"] == "the study has no trials yet"
     assert "No complete trial yet" in report.summary_text
     for name in PLOTS:
         assert not (tmp_path / "report" / f"{name}.png").exists()
-    assert report.summary_text.count("not written (no complete trial yet)") == 4
+    assert report.summary_text.count("not written (no complete trial yet)") == 6
 
 
 def test_study_without_a_complete_trial_still_shows_its_history(tmp_path: Path) -> None:
@@ -289,7 +333,7 @@ def test_study_without_a_complete_trial_still_shows_its_history(tmp_path: Path) 
         study.tell(ot, state=TrialState.FAIL)
     report = write_report(study, tmp_path / "report")
 
-    assert set(report.files) == {"optimization_history", "summary"}
+    assert set(report.files) == {"optimization_history", "summary", "answer"}
     assert_png(report.files["optimization_history"])
     assert report.skipped["best_per_optimizer"] == "no complete trial yet"
     assert "| diverged | 1 |" in report.summary_text
@@ -306,6 +350,33 @@ def test_too_few_trials_for_importances_is_said_not_crashed(tmp_path: Path) -> N
     report = write_report(study, tmp_path / "report")
     assert "at least 5 complete trials" in report.skipped["param_importances"]
     assert "- Hyperparameter importances: not written (" in report.summary_text
-    for name in ("optimization_history", "parallel_coordinates", "best_per_optimizer"):
+    for name in ("optimization_history", "best_per_optimizer", "lr_schedule"):
         assert_png(report.files[name])
-    assert_png(report.files["lr_schedule"])
+    # Too few points to mean anything: left out, with one line saying so.
+    for name in ("parallel_coordinates", "score_vs_lr", "score_by_schedule"):
+        assert name not in report.files
+        assert "needs at least 5 complete trials, but got" in report.skipped[name]
+
+
+def test_a_collapsed_trial_is_marked_off_scale_and_does_not_squash_the_rest(
+    tmp_path: Path,
+) -> None:
+    from tuner.plots import robust_range
+
+    study = make_study(tmp_path, direction="maximize")
+    config = dict(study.trials[1].user_attrs["tuner:config"])
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=-5.0,  # collapsed, far below the scores near 0.9
+            user_attrs={"tuner:config": config, "tuner:outcome": "complete"},
+        )
+    )
+    report = write_report(study, tmp_path / "report")
+    for name in ("optimization_history", "best_per_optimizer", "score_vs_lr", "score_by_schedule"):
+        assert report.off_scale[name] == 1, name
+        assert_png(report.files[name])
+    values = [t.value for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    axis = robust_range(values)
+    assert not axis.inside(-5.0)
+    assert all(axis.inside(v) for v in values if v != -5.0)
+    assert axis.lo > 0.5  # the scores keep the whole height of the plot

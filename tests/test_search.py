@@ -208,7 +208,7 @@ def test_portfolio_configurations_are_the_first_trials_adapted_to_the_optimizer_
             "schedules": ["constant", "cosine", "linear"],
             **ON,
         },
-        budget={"trials": 4},
+        budget={"trials": 6},
     )
     study = worker(load_study_file(path), Counting())
     assert study.user_attrs[PORTFOLIO_ATTR] == ["nesterov-cosine", "adam-constant", "sgd-cosine"]
@@ -227,6 +227,13 @@ def test_portfolio_configurations_are_the_first_trials_adapted_to_the_optimizer_
     assert sgd["optimizer"] == "sgd"
     assert sgd["lr"] == pytest.approx(0.3 * families["nesterov"]["range"][1] / 1.9)
     assert PORTFOLIO_ENTRY_ATTR not in study.trials[3].user_attrs
+    # Never more than half the budget: a 2-trial study gets one portfolio trial.
+    small = make_study(
+        name="small", search={"optimizers": {"adam": {}, "sgd": {}}, **ON}, budget={"trials": 2}
+    )
+    assert worker(load_study_file(small), Counting()).user_attrs[PORTFOLIO_ATTR] == [
+        "adam-constant"
+    ]
 
 
 def test_portfolio_false_and_bad_switches(make_study):

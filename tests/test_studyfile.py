@@ -73,7 +73,7 @@ BAD_INPUTS = [
         [
             "study.yaml: unknown key 'budgett', did you mean 'budget'?",
             "(known: name, objective, direction, metric, budget, storage, sampler, pruner, "
-            "search, params, mlflow, workers)",
+            "search, compare, params, mlflow, workers)",
         ],
     ),
     (
@@ -207,7 +207,9 @@ BAD_INPUTS = [
         "unknown-pruner",
         BASE + "pruner: {name: asha}\n",
         {},
-        ["pruner.name: must be one of hyperband, median, none, schedule_median, successive_halving, but got 'asha'"],
+        [
+            "pruner.name: must be one of hyperband, median, none, schedule_median, successive_halving, but got 'asha'"
+        ],
     ),
     (
         "option-for-nop-pruner",

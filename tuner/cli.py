@@ -174,7 +174,8 @@ def status(study_path: Path) -> None:
     # A trial whose worker died is failed here and queued again, so nothing stays RUNNING
     # even when no worker is left; `tuner sync` then closes its MLflow run as KILLED.
     fail_stale_trials(study)
-    click.echo(summarize(study, budget=study_file.budget.trials).format())
+    summary = summarize(study, budget=study_file.budget.trials, compare=study_file.compare)
+    click.echo(summary.format())
 
 
 @cli.command()
@@ -191,31 +192,38 @@ def status(study_path: Path) -> None:
 )
 @_handle_errors
 def best(study_path: Path, fmt: str, output: Path | None) -> None:
-    """The winning configuration, ready for `tuner.load_optimizer_config` or as torch code."""
+    """The winning configuration, ready for `tuner.load_optimizer_config` or as torch code.
+
+    The winner is the answer's (its finalists re-run with fresh seeds, DESIGN §8); with
+    replicates off or not run yet, the best search trial's optimizer.
+    """
+    from tuner.compare import compute_answer
     from tuner.export import OptimizerConfig
     from tuner.render import render_torch_script
 
     _setup_logging()
     study_file = _load(study_path)
     study = _load_existing_study(study_file)
-    try:
-        trial = study.best_trial
-    except ValueError:
+    answer = compute_answer(study, study_file.compare)
+    if answer.winner is None:
         raise TunerError(
             f"study {study_file.name!r} has no complete trial yet",
             hint="run `tuner launch` first, or `tuner status` to see how the trials went",
-        ) from None
-    config = OptimizerConfig.from_dict(trial.user_attrs["tuner:config"])
+        )
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == answer.winner.trial)
+    config = OptimizerConfig.from_dict(answer.winner.config)
     total_steps = trial.user_attrs.get("tuner:total_steps")
-    header = [f"{study_file.name}: trial {trial.number}, {study_file.metric} {trial.value:.6g}."]
+    header = [f"{study_file.name}: {answer.sentence()}."]
     if not isinstance(total_steps, int):
         header.append("Its objective recorded no total_steps (it did not call build_optimizer).")
         total_steps = 10_000
     text = {
-        "yaml": config.to_yaml,
+        "yaml": lambda: f"# {answer.sentence()}\n" + config.to_yaml(),
         "json": config.to_json,
         "python": lambda: render_torch_script(config, total_steps=total_steps, header=header),
     }[fmt]()
+    if fmt == "json":
+        _echo(answer.sentence())  # JSON has no comments: the answer goes to stderr
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
     else:
@@ -229,10 +237,14 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the images and summary.md. Default: reports/<study name>.",
+    help="Folder for the images, summary.md and answer.json. Default: reports/<study name>.",
 )
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="text: the summary; json: the answer document (DESIGN §8) on standard output.",
+)  # fmt: skip
 @_handle_errors
-def report(study_path: Path, out_dir: Path | None) -> None:
+def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:
     """Plots and a summary of the study, also logged to its MLflow parent run."""
     from tuner.filenames import safe_filename
     from tuner.report import write_report
@@ -244,8 +256,13 @@ def report(study_path: Path, out_dir: Path | None) -> None:
     study = _load_existing_study(study_file)
     # The study name is any string (``../../x`` too): it becomes one plain path component.
     out_dir = out_dir or Path("reports") / safe_filename(study_file.name)
-    written = write_report(study, out_dir, budget=study_file.budget.trials)
-    click.echo(written.summary_text)
+    written = write_report(
+        study, out_dir, budget=study_file.budget.trials, compare=study_file.compare
+    )
+    if fmt == "json":
+        click.echo(written.files["answer"].read_text(), nl=False)
+    else:
+        click.echo(written.summary_text)
     for path in written.files.values():
         _echo(f"wrote {path}")
     for name, why in written.skipped.items():

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from tuner.errors import ConfigError, TunerError
 from tuner.runner import ATTR, TrialResult, Worker, open_study
 from tuner.search import worker_index
-from tuner.summary import StudySummary, format_duration, summarize
+from tuner.summary import StudySummary, format_duration, mlflow_view, summarize
 from tuner.trialdb import budget_counts, count_states
 
 if TYPE_CHECKING:
@@ -172,8 +172,11 @@ def launch(
             progress.stopped(worker.run())
         else:
             progress.stopped(_run_subprocess_workers(study_file, slots, deadline, progress))
-        summary = summarize(study, budget=study_file.budget.trials)
+        summary = summarize(study, budget=study_file.budget.trials, compare=study_file.compare)
         summary.stop_reason = progress.reason
+        summary.mlflow_view = mlflow_view(
+            study_file.mlflow.tracking_uri, getattr(tracker, "experiment_id", None)
+        )
         _update_parent(tracker, summary)
         tracker.end_study()
         return summary
@@ -221,7 +224,8 @@ def run_worker(
     )
     try:
         reason = worker.run()
-        _update_parent(tracker, summarize(study, budget=study_file.budget.trials))
+        summary = summarize(study, budget=study_file.budget.trials, compare=study_file.compare)
+        _update_parent(tracker, summary)
         return reason
     finally:
         tracker.close(timeout=30.0)
@@ -243,7 +247,16 @@ class Progress:
         budget = self.sf.budget.trials
         elapsed = time.monotonic() - self.started
         best = _best(self.study)
+        replicates = 0
+        if done > budget:  # replicates of the finalists (tuner.compare), after the search
+            from tuner.compare import replicate_counts
+
+            reps = replicate_counts(self.study)
+            replicates = reps.get(TrialState.COMPLETE, 0) + reps.get(TrialState.PRUNED, 0)
+            done -= replicates
         parts = [f"[{done:>{len(str(budget))}}/{budget}]"]
+        if replicates:
+            parts[0] += f" replicate {replicates}"
         if result is not None:
             parts.append(_result_line(result, self.sf.metric))
         parts.append(f"best {best}")
@@ -333,7 +346,16 @@ def _update_parent(tracker: Tracker, summary: StudySummary) -> None:
     from tuner.tracking import study_results
 
     metrics, artifacts = study_results(summary)
-    tracker.update_study(metrics=metrics, artifacts=artifacts)
+    tags: dict[str, str] = {}
+    if summary.answer is not None and summary.answer.finalists:
+        from tuner.compare import describe_answer
+
+        # The parent run leads with the answer: its description (MLflow's note) and a file.
+        artifacts["answer.json"] = summary.answer.dumps()
+        tags["mlflow.note.content"] = describe_answer(summary.answer)
+        tags["tuner.answer"] = summary.answer.sentence()
+        tags["tuner.winner"] = summary.answer.finalists[0].optimizer
+    tracker.update_study(metrics=metrics, tags=tags, artifacts=artifacts)
 
 
 def _finished(study: optuna.Study) -> int:

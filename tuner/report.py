@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -37,7 +37,12 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner import plots
 from tuner.summary import StudySummary, summarize
+
+if TYPE_CHECKING:
+    from tuner.compare import Answer
+    from tuner.studyfile import CompareConfig
 
 __all__ = [
     "MIN_IMPORTANCE_TRIALS",
@@ -77,6 +82,8 @@ class Report:
     files: dict[str, Path]
     summary_text: str
     skipped: dict[str, str] = field(default_factory=dict)
+    off_scale: dict[str, int] = field(default_factory=dict)  # points drawn at a plot's edge
+    answer: Answer | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,13 @@ class LrCurve:
     total_steps: int
 
 
-def write_report(study: optuna.Study, out_dir: Path, *, budget: int | None = None) -> Report:
+def write_report(
+    study: optuna.Study,
+    out_dir: Path,
+    *,
+    budget: int | None = None,
+    compare: CompareConfig | None = None,
+) -> Report:
     """Write the study's plots (PNG) and ``summary.md`` into ``out_dir`` (created if needed).
 
     Works for either direction, with no complete trial yet (the plots that need one are
@@ -118,28 +131,37 @@ def write_report(study: optuna.Study, out_dir: Path, *, budget: int | None = Non
         ...                       Path("report"))                       # doctest: +SKIP
         >>> print(report.summary_text)                                  # doctest: +SKIP
     """
+    from tuner.compare import compute_answer, is_replicate
+    from tuner.studyfile import CompareConfig
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trials = study.get_trials(deepcopy=False)
+    all_trials = study.get_trials(deepcopy=False)
+    # The search's plots show the search; the replicates have their own (tuner.compare).
+    trials = [t for t in all_trials if not is_replicate(t)]
     direction = study.direction.name.lower()
     metric = str(study.user_attrs.get("tuner:metric", "value"))
-    summary = summarize(study, budget=budget)
+    compare = compare or CompareConfig()
+    summary = summarize(study, budget=budget, compare=compare)
+    answer = summary.answer or compute_answer(study, compare, trials=all_trials)
     ranking = _rank_optimizers(trials, direction)
     colors = _optimizer_colors(ranking)
     complete = _complete(trials)
 
     files: dict[str, Path] = {}
     skipped: dict[str, str] = {}
+    off_scale: dict[str, int] = {}
     importances: dict[str, dict[str, float] | str] = {}
     curve: LrCurve | None = None
 
-    def save(name: str, fig: Figure) -> None:
+    def save(name: str, fig: Figure, off: int = 0) -> None:
         path = out_dir / f"{name}.png"
         fig.savefig(path, dpi=_DPI)
         files[name] = path
+        off_scale[name] = off
 
     if trials:
-        save("optimization_history", _plot_history(trials, direction, metric, colors))
+        save("optimization_history", *_plot_history(trials, direction, metric, colors))
     else:
         skipped["optimization_history"] = "the study has no trials yet"
 
@@ -147,7 +169,8 @@ def write_report(study: optuna.Study, out_dir: Path, *, budget: int | None = Non
         reason = "no complete trial yet"
         for name in ("param_importances", "parallel_coordinates", "best_per_optimizer"):
             skipped[name] = reason
-        skipped["lr_schedule"] = reason
+        for name in ("score_vs_lr", "score_by_schedule", "lr_schedule"):
+            skipped[name] = reason
     else:
         importances = _importances(complete, ranking[0].optimizer)
         if all(isinstance(v, str) for v in importances.values()):
@@ -156,21 +179,52 @@ def write_report(study: optuna.Study, out_dir: Path, *, budget: int | None = Non
             save("param_importances", _plot_importances(importances, metric))
         best_opt = ranking[0].optimizer
         own = [t for t in complete if _optimizer_of(t) == best_opt]
-        save("parallel_coordinates", _plot_parallel(own, best_opt, direction, metric))
-        save("best_per_optimizer", _plot_best_per_optimizer(ranking, direction, metric, colors))
-        best = study.best_trial
+        why = plots.sparse_reason(own, f"a parallel-coordinates plot of {best_opt}")
+        if why is None:
+            save("parallel_coordinates", _plot_parallel(own, best_opt, direction, metric))
+        else:
+            skipped["parallel_coordinates"] = why
+        save("best_per_optimizer", *_plot_best_per_optimizer(ranking, direction, metric, colors))
+        why = plots.sparse_reason(complete, "a scatter against the learning rate")
+        if why is None:
+            order = [r.optimizer for r in ranking]
+            save("score_vs_lr", *plots.plot_score_vs_lr(complete, order, direction, metric))
+        else:
+            skipped["score_vs_lr"] = why
+        why = plots.sparse_reason(complete, "a comparison of schedules and warmups")
+        if why is None:
+            save("score_by_schedule", *plots.plot_score_by_schedule(complete, direction, metric))
+        else:
+            skipped["score_by_schedule"] = why
+        best = _best_search_trial(complete, direction)
         curve_or_reason = _best_lr_curve(best)
         if isinstance(curve_or_reason, str):
             skipped["lr_schedule"] = curve_or_reason
         else:
             curve = curve_or_reason
             save("lr_schedule", _plot_lr(curve, best, metric))
+    if answer.replicated:
+        save("replicates", plots.plot_replicates(answer))
+    elif compare.seeds == 0:
+        skipped["replicates"] = "replicates are off (compare.seeds: 0)"
+    else:
+        skipped["replicates"] = "no replicate of a finalist has finished yet"
 
+    answer_path = out_dir / "answer.json"
+    answer_path.write_text(answer.dumps())
     text = _summary_markdown(summary, ranking, importances, curve, files, skipped)
     summary_path = out_dir / "summary.md"
     summary_path.write_text(text)
     files["summary"] = summary_path
-    return Report(files=files, summary_text=text, skipped=skipped)
+    files["answer"] = answer_path
+    return Report(
+        files=files, summary_text=text, skipped=skipped, off_scale=off_scale, answer=answer
+    )
+
+
+def _best_search_trial(complete: Sequence[FrozenTrial], direction: str) -> FrozenTrial:
+    sign = -1.0 if direction == "maximize" else 1.0
+    return min(complete, key=lambda t: (sign * float(t.value), t.number))
 
 
 # --------------------------------------------------------------------------- data
@@ -427,7 +481,7 @@ def _fmt(value: Any) -> str:
 
 def _plot_history(
     trials: Sequence[FrozenTrial], direction: str, metric: str, colors: Mapping[str, Any]
-) -> Figure:
+) -> tuple[Figure, int]:
     others = {o: [t.number for t in trials if _outcome(t) == o] for o in _OTHER_OUTCOMES}
     others = {o: n for o, n in others.items() if n}
     fig = Figure(layout="constrained", figsize=(9, 5.5 if others else 4.5))
@@ -436,12 +490,17 @@ def _plot_history(
     else:
         ax, strip = fig.subplots(), None
     complete = sorted(_complete(trials), key=lambda t: t.number)
+    # One collapsed trial must not squash the rest: the axis spans the bulk of the values.
+    value_range = plots.robust_range([float(t.value) for t in complete])
+    off = 0
     for name in colors:
         mine = [t for t in complete if _optimizer_of(t) == name]
         if mine:
-            ax.scatter(
+            off += plots.scatter_clipped(
+                ax,
                 [t.number for t in mine],
-                [t.value for t in mine],
+                [float(t.value) for t in mine],
+                value_range,
                 color=colors[name],
                 s=28,
                 label=f"{name} ({len(mine)})",
@@ -449,15 +508,22 @@ def _plot_history(
             )
     unknown = [t for t in complete if _optimizer_of(t) not in colors]
     if unknown:
-        ax.scatter([t.number for t in unknown], [t.value for t in unknown], color="0.6", s=28)
+        off += plots.scatter_clipped(
+            ax,
+            [t.number for t in unknown],
+            [float(t.value) for t in unknown],
+            value_range,
+            color="0.6",
+            s=28,
+        )
     if complete:
         running = np.maximum if direction == "maximize" else np.minimum
         best = list(running.accumulate([float(t.value) for t in complete]))
         last = max(t.number for t in trials)
         xs = [t.number for t in complete] + [last]
         ax.step(xs, best + best[-1:], where="post", color="black", lw=1.5, label="best so far")
-        if _log_scale([t.value for t in complete]):
-            ax.set_yscale("log")
+        value_range.apply(ax)
+        plots.note_off_scale(ax, off, value_range)
         ax.legend(title="optimizer (complete)", fontsize=8, title_fontsize=8, loc="best")
     else:
         ax.text(
@@ -491,7 +557,7 @@ def _plot_history(
         bottom = strip
     bottom.set_xlabel("trial number")
     bottom.xaxis.get_major_locator().set_params(integer=True)
-    return fig
+    return fig, off
 
 
 def _plot_importances(views: Mapping[str, dict[str, float] | str], metric: str) -> Figure:
@@ -622,17 +688,27 @@ def _plot_parallel(
 
 def _plot_best_per_optimizer(
     ranking: Sequence[OptimizerResult], direction: str, metric: str, colors: Mapping[str, Any]
-) -> Figure:
+) -> tuple[Figure, int]:
     fig = Figure(layout="constrained", figsize=(9, 1.2 + 0.7 * len(ranking)))
     ax = fig.subplots()
     rng = np.random.default_rng(0)  # the jitter is cosmetic; keep it reproducible
-    all_values = [v for r in ranking for v in r.values]
+    value_range = plots.robust_range([v for r in ranking for v in r.values])
+    off = 0
     for row, r in enumerate(ranking):
         if r.values:
             jitter = rng.uniform(-0.18, 0.18, len(r.values))
-            ax.scatter(r.values, row + jitter, color=colors[r.optimizer], alpha=0.55, s=22)
+            off += plots.scatter_clipped(
+                ax,
+                list(row + jitter),
+                list(r.values),
+                value_range,
+                axis="x",
+                color=colors[r.optimizer],
+                alpha=0.55,
+                s=22,
+            )
             ax.scatter(
-                [r.best_value],
+                [value_range.clip(r.best_value)],
                 [row],
                 marker="D",
                 s=70,
@@ -660,14 +736,13 @@ def _plot_best_per_optimizer(
         labels.append(f"{head}\n{r.complete} complete" + (f", {extra}" if extra else ""))
     ax.set_yticks(range(len(ranking)))
     ax.set_yticklabels(labels, fontsize=8)
-    ax.margins(x=0.05)
     ax.set_ylim(len(ranking) - 0.5, -0.5)  # best first, at the top
-    if _log_scale(all_values):
-        ax.set_xscale("log")
+    value_range.apply(ax, axis="x")
+    plots.note_off_scale(ax, off, value_range)
     ax.set_xlabel(f"{metric} of complete trials ({direction}: {_better_side(direction)})")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"Which optimizer? {metric} per optimizer, best first (◆ = its best)")
-    return fig
+    ax.set_title(f"{metric} per optimizer in the search, best first (◆ = its best)")
+    return fig, off
 
 
 def _better_side(direction: str) -> str:
@@ -728,6 +803,9 @@ def _describe_curve(curve: LrCurve) -> str:
 
 
 _PLOT_TITLES = {
+    "replicates": "Finalists re-run with fresh seeds: means, 95% intervals, tiers",
+    "score_vs_lr": "Score against the learning rate, per optimizer",
+    "score_by_schedule": "Score by schedule and by warmup",
     "optimization_history": "Optimization history",
     "param_importances": "Hyperparameter importances",
     "parallel_coordinates": "Parallel coordinates of the best optimizer",
@@ -746,6 +824,10 @@ def _summary_markdown(
 ) -> str:
     metric, direction = summary.metric, summary.direction
     lines = [f"# Study `{summary.name}`", ""]
+    if summary.answer is not None:
+        from tuner.compare import describe_answer
+
+        lines += ["## The answer", "", describe_answer(summary.answer), ""]
     lines.append(f"- objective: {direction} `{metric}` ({_better_side(direction)})")
     budget = f" of a budget of {summary.budget}" if summary.budget is not None else ""
     total = sum(summary.counts.values())

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from tuner.compare import REPLICATE_ATTR
 from tuner.errors import ConfigError
 from tuner.storage import budget_lock, redact_url
 from tuner.trial import Trial, TrialDiverged
@@ -235,10 +236,18 @@ class Worker:
                     return "failures"
                 finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
                 running = counts.get(TrialState.RUNNING, 0)
-                if finished >= budget.trials:
+                phase = None
+                if finished + running >= budget.trials:
+                    # Replicates run after the search and never count toward its budget.
+                    finished, running, phase = self._replicate_phase(finished, running)
+                if phase is not None and phase != "wait":
+                    return phase
+                if phase is None and finished >= budget.trials:
                     return "budget"
                 # ask() takes a WAITING (retried) trial first, else creates a new one.
-                if counts.get(TrialState.WAITING, 0) or finished + running < budget.trials:
+                if phase is None and (
+                    counts.get(TrialState.WAITING, 0) or finished + running < budget.trials
+                ):
                     with warnings.catch_warnings():
                         # Optuna warns that heartbeats are meant for Study.optimize; this loop
                         # runs them itself (a TrialHeartbeat around each trial).
@@ -267,6 +276,33 @@ class Worker:
         self._trials_run += 1
         return self._typical
 
+    def _replicate_phase(
+        self, finished: int, running: int
+    ) -> tuple[int, int, optuna.Trial | str | None]:
+        """Search counts without replicates, and what to do once the search is over.
+
+        The third item is None while the search goes on; else a replicate trial to run,
+        "wait" (search trials or replicates still running elsewhere) or "budget" (nothing
+        left to run). Called under the budget lock, so no two workers enqueue the same one.
+        """
+        from tuner import compare
+
+        sf = self.study_file
+        reps = compare.replicate_counts(self.study)
+        finished -= reps.get(TrialState.COMPLETE, 0) + reps.get(TrialState.PRUNED, 0)
+        running -= reps.get(TrialState.RUNNING, 0)
+        if finished < sf.budget.trials or sf.compare.seeds == 0:
+            return finished, running, None
+        if running > 0:  # the finalists are not settled until every search trial is done
+            return finished, running, "wait"
+        if reps.get(TrialState.WAITING, 0) or compare.next_replicate(
+            self.study, sf.direction, sf.compare, _sampler_seed(sf)
+        ):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Heartbeat of storage")
+                return finished, running, self.study.ask()
+        return finished, running, "wait" if reps.get(TrialState.RUNNING, 0) else "budget"
+
     def _check_stale(self) -> None:
         """``fail_stale_trials``, at most once per heartbeat interval.
 
@@ -282,6 +318,8 @@ class Worker:
         self._next_stale_check = now + (interval if interval else self.poll_interval)
 
     def _run_trial(self, ot: optuna.Trial) -> TrialResult:
+        from tuner import compare
+        from tuner.export import OptimizerConfig
         from tuner.space import sample_config
 
         started = time.monotonic()
@@ -301,13 +339,18 @@ class Worker:
             },
         )
         heartbeat.start()
+        replicate = compare.replicate_of(ot)
         try:
-            config = sample_config(ot, self._space or sf.search)
+            if replicate is None:
+                config = sample_config(ot, self._space or sf.search)
+            else:  # a finalist's configuration again, with a fresh seed (tuner.compare)
+                config = OptimizerConfig.from_dict(replicate["config"])
             heartbeat.write_soon({ATTR.CONFIG: config.to_dict()})
             recorder = self.tracker.start_trial(
                 number=ot.number,
                 params=_flat_params(config.to_dict()),
                 tags={
+                    **_replicate_tags(replicate),
                     "tuner.trial_number": str(ot.number),
                     "tuner.optimizer": config.optimizer,
                     "tuner.schedule": str(config.schedule.get("name")),
@@ -316,6 +359,8 @@ class Worker:
                 },
             )
             seed = trial_seed(_sampler_seed(sf), ot.number)
+            if replicate is not None:
+                seed = int(replicate["seed"])
             trial = Trial(
                 optuna=ot,
                 config=config,
@@ -327,6 +372,7 @@ class Worker:
                 direction=sf.direction,
                 recorder=recorder,
                 typical_value=self._typical_value(),
+                prune=replicate is None,  # a replicate runs to the end, whatever the pruner says
             )
             _seed_everything(seed)
             if self._interrupted:  # the signal came between reserving and starting
@@ -357,7 +403,14 @@ class Worker:
         duration = time.monotonic() - started
         self._record(ot, trial, outcome, value, reason, tb, diverged_step, duration, unwritten)
         if recorder is not None:
-            recorder.finish(outcome, tags={"tuner.duration_s": f"{duration:.3f}"})
+            recorder.finish(
+                outcome,
+                tags={
+                    "tuner.duration_s": f"{duration:.3f}",
+                    # The runs table tells outcomes and replicates apart by name.
+                    "mlflow.runName": _run_name(ot.number, outcome, replicate),
+                },
+            )
             # Wait (1 s at most, and not at all while MLflow fails) for the previous trial's
             # MLflow data, not this one's: sending overlaps the next trial, yet training does
             # not run far ahead of MLflow. The study database holds everything; `tuner sync`
@@ -412,9 +465,28 @@ class Worker:
             tell(self.study, ot, state=TrialState.PRUNED)
         else:
             tell(self.study, ot, state=TrialState.FAIL)
-            if outcome == "interrupted":
-                # The same configuration runs again when the study resumes.
+            # The same configuration runs again when the study resumes; a replicate is
+            # missing again, and tuner.compare queues it.
+            if outcome == "interrupted" and REPLICATE_ATTR not in ot.user_attrs:
                 self.study.enqueue_trial(ot.params, user_attrs={ATTR.RETRY_OF: ot.number})
+
+
+def _replicate_tags(replicate: Mapping[str, Any] | None) -> dict[str, str]:
+    if replicate is None:
+        return {}
+    return {
+        "tuner.replicate_of": str(replicate["of"]),
+        "tuner.seed": str(replicate["seed"]),
+        "tuner.seed_index": str(replicate["index"]),
+    }
+
+
+def _run_name(number: int, outcome: str, replicate: Mapping[str, Any] | None) -> str:
+    """``trial-7``, ``trial-8 (pruned)``, ``trial-40 replicate of 7, seed 2``."""
+    name = f"trial-{number}"
+    if replicate is not None:
+        name += f" replicate of {replicate['of']}, seed {int(replicate['index']) + 1}"
+    return name if outcome == "complete" else f"{name} ({outcome})"
 
 
 def _as_value(returned: Any) -> float:

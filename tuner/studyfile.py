@@ -55,6 +55,7 @@ __all__ = [
     "PRUNERS",
     "SAMPLERS",
     "Budget",
+    "CompareConfig",
     "MlflowConfig",
     "Plugin",
     "PrunerConfig",
@@ -261,6 +262,30 @@ class MlflowConfig(_Section):
             yield key, _redact(value) if key == "tracking_uri" and value else value
 
 
+class CompareConfig(_Section):
+    """``compare:`` the answer to "which optimizer?" (DESIGN §8, :mod:`tuner.compare`).
+
+    After the search, the best configuration of each of the top ``finalists`` optimizers runs
+    again with ``seeds`` fresh seeds; ``seeds: 0`` turns this off. An interval needs at least
+    two runs, so ``seeds`` is 0 or 2 and more.
+
+    >>> CompareConfig().seeds, CompareConfig(seeds=0).seeds
+    (3, 0)
+    """
+
+    finalists: _Int = Field(3, ge=1)
+    seeds: _Int = Field(3, ge=0)
+
+    @field_validator("seeds")
+    @classmethod
+    def _two_or_none(cls, value: int) -> int:
+        if value == 1:
+            raise _FieldError(
+                "must be 0 (no replicates) or at least 2 (an interval needs two runs), but got 1"
+            )
+        return value
+
+
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _DEVICE_RULE = "must be 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
 
@@ -331,6 +356,7 @@ class StudyFile(_Section):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     search: Any = Field(None, validate_default=True)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
     params: dict[str, Any] = Field(default_factory=dict)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
@@ -348,7 +374,7 @@ class StudyFile(_Section):
         if not isinstance(data, Mapping):
             return data
         data = dict(data)
-        for key in ("budget", "sampler", "pruner", "mlflow", "workers", "params"):
+        for key in ("budget", "sampler", "pruner", "compare", "mlflow", "workers", "params"):
             # `budget:` with nothing under it is YAML null: the section's defaults.
             if key in data and data[key] is None:
                 del data[key]

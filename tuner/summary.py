@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["BestOf", "StudySummary", "format_duration", "summarize"]
+if TYPE_CHECKING:
+    from tuner.compare import Answer
+    from tuner.studyfile import CompareConfig
+
+__all__ = ["BestOf", "StudySummary", "format_duration", "mlflow_view", "summarize"]
 
 _OUTCOME_OF_STATE = {
     TrialState.COMPLETE: "complete",
@@ -47,6 +51,8 @@ class StudySummary:
     stop_reason: str | None = None
     search_notes: list[str] = field(default_factory=list)
     range_test_epochs: float | None = None
+    answer: Answer | None = None  # DESIGN §8; replicates are not in the counts above
+    mlflow_view: str | None = None  # how to open the study's runs in the MLflow UI
 
     @property
     def finished(self) -> int:
@@ -55,12 +61,26 @@ class StudySummary:
 
     def format(self) -> str:
         lines = [f"study {self.name!r} ({self.direction} {self.metric})"]
+        if self.answer is not None:
+            lines.append(f"  answer            {self.answer.sentence()}")
         budget = f" of {self.budget}" if self.budget is not None else ""
         lines.append(f"  finished trials   {self.finished}{budget}")
         order = ("complete", "pruned", "diverged", "failed", "interrupted", "running", "waiting")
         by_outcome = ", ".join(f"{k} {self.counts[k]}" for k in order if self.counts.get(k))
         lines.append(f"  by outcome        {by_outcome or 'none yet'}")
         lines.extend(f"  {note}" for note in self.search_notes)
+        answer = self.answer
+        if answer is not None and answer.replicates_planned:
+            lines.append(
+                f"  replicates        {answer.replicates_done} of {answer.replicates_planned} "
+                f"({answer.seeds} seeds x {len(answer.finalists)} finalists, not in the "
+                f"budget), {format_duration(answer.replicate_seconds)} of training"
+            )
+            lines.append(f"    {'finalist':<12}{'mean':>10}{'95% interval':>24}{'tier':>6}")
+            for f in answer.finalists:
+                mean = "—" if f.mean is None else f"{f.mean:.4g}"
+                ci = "—" if f.ci95 is None else f"[{f.ci95[0]:.4g}, {f.ci95[1]:.4g}]"
+                lines.append(f"    {f.optimizer:<12}{mean:>10}{ci:>24}{f.group:>6}")
         if self.best_value is None:
             lines.append("  best              no complete trial yet")
         else:
@@ -75,6 +95,8 @@ class StudySummary:
                 lines.append(
                     f"    {row.optimizer:<12}{row.value:>12.6g}{row.number:>8}{row.trials:>10}"
                 )
+        if self.mlflow_view:
+            lines.append(f"  MLflow            {self.mlflow_view}")
         if self.running:
             lines.append("  running trials")
             now = time.time()
@@ -89,9 +111,15 @@ class StudySummary:
         return "\n".join(lines)
 
 
-def summarize(study: optuna.Study, *, budget: int | None = None) -> StudySummary:
-    """Summarize ``study`` from its storage."""
-    trials = study.get_trials(deepcopy=False)
+def summarize(
+    study: optuna.Study, *, budget: int | None = None, compare: CompareConfig | None = None
+) -> StudySummary:
+    """Summarize ``study`` from its storage: its search trials, and with ``compare`` the
+    answer from the replicates (:mod:`tuner.compare`)."""
+    from tuner.compare import compute_answer, is_replicate
+
+    all_trials = study.get_trials(deepcopy=False)
+    trials = [t for t in all_trials if not is_replicate(t)]
     counts: dict[str, int] = {}
     for t in trials:
         outcome = t.user_attrs.get("tuner:outcome") or _OUTCOME_OF_STATE[t.state]
@@ -106,9 +134,11 @@ def summarize(study: optuna.Study, *, budget: int | None = None) -> StudySummary
         metric=str(study.user_attrs.get("tuner:metric", "value")),
         budget=budget,
         counts=counts,
-        running=[t for t in trials if t.state == TrialState.RUNNING],
+        running=[t for t in all_trials if t.state == TrialState.RUNNING],
     )
     _search_notes(summary, study.user_attrs)
+    if compare is not None:
+        summary.answer = compute_answer(study, compare, trials=all_trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         return summary
@@ -164,3 +194,29 @@ def _fmt(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
     return str(value)
+
+
+def mlflow_view(tracking_uri: str | None, experiment_id: str | None) -> str | None:
+    """Where the study's runs are in the MLflow UI, on its model-training view.
+
+    MLflow 3.17 picks the experiment page's view from the user's last choice (GenAI by default)
+    unless the URL asks for ``workflowType=machine_learning``; the experiment also carries the
+    ``mlflow.experimentKind`` tag that other MLflow 3 versions read.
+
+    >>> mlflow_view("http://mlflow:5000", "3")
+    'http://mlflow:5000/#/experiments/3?workflowType=machine_learning'
+    >>> mlflow_view("sqlite:///mlflow.db", "1")  # doctest: +NORMALIZE_WHITESPACE
+    'mlflow ui --backend-store-uri sqlite:///mlflow.db, then open
+     http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning'
+    """
+    from tuner.storage import redact_url
+
+    if not tracking_uri or experiment_id is None:
+        return None
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return redact_url(f"{tracking_uri.rstrip('/')}/{page}")
+    return (
+        f"mlflow ui --backend-store-uri {redact_url(tracking_uri)}, then open "
+        f"http://127.0.0.1:5000/{page}"
+    )

@@ -26,6 +26,27 @@ TrialPruned = optuna.TrialPruned
 DIVERGENCE_FACTOR = 100.0
 
 
+# The learning rate goes to MLflow per optimizer step, at most about this many points per trial:
+# enough to show warmup and the schedule's shape, few enough to cost nothing.
+LR_POINTS = 200
+
+
+class _LrLogger:
+    """An optimizer step hook: logs ``lr`` (param group 0) every ``total_steps / LR_POINTS``
+    optimizer steps, at the step it trains with, and at the last scheduled step."""
+
+    def __init__(self, recorder: TrialRecorder, total_steps: int) -> None:
+        self.recorder = recorder
+        self.every = max(1, -(-int(total_steps) // LR_POINTS))
+        self.last = int(total_steps) - 1
+        self.step = 0
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        step, self.step = self.step, self.step + 1
+        if step % self.every == 0 or step == self.last:
+            self.recorder.log({"lr": float(optimizer.param_groups[0]["lr"])}, step)
+
+
 class TrialDiverged(Exception):
     """The trial's loss or value became NaN, infinite, or exploded: it ends as *diverged*.
 
@@ -66,6 +87,7 @@ class Trial:
     direction: str = "minimize"
     recorder: TrialRecorder | None = None
     typical_value: float | None = None
+    prune: bool = True  # False for replicates: they run to the end
     _first_value: float | None = field(default=None, repr=False)
     _largest: float = field(default=0.0, repr=False)
     _last_step: int | None = field(default=None, repr=False)
@@ -97,6 +119,8 @@ class Trial:
         self._optimizer = optimizer
         # Kept with the trial so that reports can redraw its learning-rate curve.
         self.optuna.set_user_attr("tuner:total_steps", int(total_steps))
+        if self.recorder is not None:
+            optimizer.register_step_post_hook(_LrLogger(self.recorder, total_steps))
         return optimizer, scheduler
 
     def report(self, value: float, step: int) -> None:
@@ -112,7 +136,7 @@ class Trial:
         # sees the bad value at the step it happened.
         self.optuna.report(value, step)
         self._check_divergence(value, step)
-        if self.optuna.should_prune():
+        if self.prune and self.optuna.should_prune():
             raise TrialPruned(f"pruned at step {step} with {self.metric}={value:.6g}")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -126,8 +150,6 @@ class Trial:
     def _log(self, metrics: dict[str, float], step: int) -> None:
         if self.recorder is None:
             return
-        if self._optimizer is not None:
-            metrics = {**metrics, "lr": float(self._optimizer.param_groups[0]["lr"])}
         self.recorder.log(metrics, step)
 
     def _check_divergence(self, value: float, step: int) -> None:

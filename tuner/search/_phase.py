@@ -175,7 +175,11 @@ def prepare_search(
             if PORTFOLIO_ATTR not in study.user_attrs:
                 names: list[str] = []
                 if not study.get_trials(deepcopy=False):
-                    for name, params in portfolio_trials(space, test.ranges() if test else {}):
+                    entries = portfolio_trials(space, test.ranges() if test else {})
+                    # At most half the budget: the search needs the rest, and a waiting trial
+                    # beyond the budget would be run all the same (the runner takes waiting
+                    # trials first), breaking the exact budget.
+                    for name, params in entries[: max(1, study_file.budget.trials // 2)]:
                         study.enqueue_trial(params, user_attrs={PORTFOLIO_ENTRY_ATTR: name})
                         names.append(name)
                 study.set_user_attr(PORTFOLIO_ATTR, names)

@@ -170,12 +170,22 @@ def _artifact_location(tracking_uri: str) -> str | None:
     return None if db is None else (db.resolve().parent / "mlartifacts").as_uri()
 
 
+# MLflow 3 opens an experiment on its GenAI landing page unless this experiment tag says it holds
+# model-training runs (the UI's ExperimentKind enum: "custom_model_development").
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """Return the id of experiment ``name``, creating (or restoring a deleted) one if needed."""
+    """Return the id of experiment ``name``, creating (or restoring a deleted) one if needed.
+
+    The experiment is tagged as holding training runs, so the UI opens on its runs table.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, _artifact_location(tracking_uri))
+            return client.create_experiment(
+                name, _artifact_location(tracking_uri), tags=dict([EXPERIMENT_KIND])
+            )
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -184,6 +194,8 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
     if experiment.lifecycle_stage == "deleted":
         _log.warning("tracking: MLflow experiment %r was deleted; restoring it", name)
         client.restore_experiment(experiment.experiment_id)
+    if EXPERIMENT_KIND[0] not in experiment.tags:  # an experiment from before tuner set it
+        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
     return experiment.experiment_id
 
 

@@ -128,6 +128,11 @@ class MlflowTracker:
         return self._parent.run_id
 
     @property
+    def experiment_id(self) -> str | None:
+        """The MLflow experiment's id, once the study is open there."""
+        return self._experiment_id
+
+    @property
     def dropped_metrics(self) -> int:
         """``log`` calls dropped because the queue was full (the backend was unreachable)."""
         return self._flusher.dropped_metrics
