@@ -230,8 +230,8 @@ class PrunerConfig(_PluginSection):
     """
 
     registry: ClassVar[Mapping[str, Plugin]] = PRUNERS
-    default: ClassVar[str] = "hyperband"
-    name: str = "hyperband"
+    default: ClassVar[str] = "schedule_median"
+    name: str = "schedule_median"
 
 
 class MlflowConfig(_Section):
@@ -492,7 +492,7 @@ def make_pruner(cfg: PrunerConfig, *, max_resource: int) -> optuna.pruners.BaseP
     Pruners that take a resource range get ``min_resource=1`` and ``max_resource`` (the study's
     ``budget.epochs``) unless the study file sets them.
 
-    >>> make_pruner(PrunerConfig(), max_resource=20)._max_resource
+    >>> make_pruner(PrunerConfig(), max_resource=20).max_resource
     20
     """
     plugin = PRUNERS.get(cfg.name)

@@ -11,7 +11,7 @@ Example::
     >>> from tuner.space import parse_search
     >>> space = parse_search({"optimizers": ["adamw", "sgd"], "schedules": ["cosine"]})
     >>> [(name, params["optimizer"]) for name, params in portfolio_trials(space, {})]
-    [('adamw-cosine', 'adamw')]
+    [('adamw-cosine', 'adamw'), ('sgd-cosine', 'sgd')]
 """
 
 from __future__ import annotations
