@@ -246,7 +246,8 @@ def test_two_launches_on_a_fresh_default_mlflow_db_both_succeed(tmp_path: Path) 
             "budget": {"trials": 2, "epochs": 1},
             "sampler": {"name": "random", "seed": attempt},
             "pruner": {"name": "none"},
-            "search": {"optimizers": {"sgd": {}}, "schedules": ["constant"]},
+            "search": {"optimizers": {"sgd": {}}, "schedules": ["constant"],
+                       "lr_range_test": "off", "portfolio": False},
             "workers": {"devices": ["cpu"]},
         }  # fmt: skip
         (folder / "study.yaml").write_text(yaml.safe_dump(doc))

@@ -127,6 +127,11 @@ def study_results(
         tags["mlflow.note.content"] = describe_answer(answer)
         tags["tuner.answer"] = answer.sentence()
         tags["tuner.winner"] = answer.finalists[0].optimizer
+    # What the pre-search phase found (tuner.search): the range test and the portfolio.
+    if getattr(summary, "range_test_epochs", None) is not None:
+        metrics["lr_range_test_epochs"] = float(summary.range_test_epochs)
+    if getattr(summary, "search_notes", None):
+        artifacts["search_setup.txt"] = "\n".join(summary.search_notes) + "\n"
     return metrics, tags, artifacts
 
 
