@@ -31,6 +31,7 @@ class ATTR:
     DURATION = "tuner:duration_s"
     RETRY_OF = "tuner:retry_of"  # the number of the interrupted trial this one reruns
     TOTAL_STEPS = "tuner:total_steps"  # what the objective passed to build_optimizer
+    REPLICATE = "tuner:replicate"  # a finalist's re-run after the search (tuner.compare)
     # study attributes
     METRIC = "tuner:metric"
     PARENT_RUN = "tuner:mlflow_parent_run_id"
