@@ -51,6 +51,8 @@ class StudySummary:
     per_optimizer: list[BestOf] = field(default_factory=list)
     running: list[FrozenTrial] = field(default_factory=list)
     stop_reason: str | None = None
+    search_notes: list[str] = field(default_factory=list)
+    range_test_epochs: float | None = None
     answer: Answer | None = None  # DESIGN §8; replicates are not in the counts above
     mlflow_view: str | None = None  # how to open the study's runs in the MLflow UI
 
@@ -68,6 +70,7 @@ class StudySummary:
         order = ("complete", "pruned", "diverged", "failed", "interrupted", "running", "waiting")
         by_outcome = ", ".join(f"{k} {self.counts[k]}" for k in order if self.counts.get(k))
         lines.append(f"  by outcome        {by_outcome or 'none yet'}")
+        lines.extend(f"  {note}" for note in self.search_notes)
         answer = self.answer
         if answer is not None and answer.replicates_planned:
             lines.append(
@@ -135,6 +138,7 @@ def summarize(
         counts=counts,
         running=[t for t in all_trials if t.state == TrialState.RUNNING],
     )
+    _search_notes(summary, study.user_attrs)
     if compare is not None:
         summary.answer = compute_answer(study, compare, trials=all_trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
@@ -155,6 +159,21 @@ def summarize(
     ]
     summary.per_optimizer = sorted(rows, key=lambda r: r.value, reverse=better is max)
     return summary
+
+
+def _search_notes(summary: StudySummary, attrs: dict[str, Any]) -> None:
+    """What the pre-search phase did: the range test's findings and the portfolio."""
+    from tuner.search import PORTFOLIO_ATTR, RANGE_TEST_ATTR, describe_range_test
+
+    test = attrs.get(RANGE_TEST_ATTR)
+    summary.search_notes = describe_range_test(test)
+    if test and not test.get("skipped"):
+        summary.range_test_epochs = float(test.get("epochs", 0.0))
+    portfolio = attrs.get(PORTFOLIO_ATTR)
+    if portfolio:
+        summary.search_notes.append(
+            f"portfolio: {len(portfolio)} known-good first trials ({', '.join(portfolio)})"
+        )
 
 
 def format_duration(seconds: float) -> str:

@@ -115,6 +115,11 @@ def study_results(summary: Any) -> tuple[dict[str, float], dict[str, str | bytes
         metrics["best_trial"] = float(summary.best_number or 0)
     if summary.best_config is not None:
         artifacts["best_config.yaml"] = yaml.safe_dump(summary.best_config, sort_keys=False)
+    # What the pre-search phase found (tuner.search): the range test and the portfolio.
+    if getattr(summary, "range_test_epochs", None) is not None:
+        metrics["lr_range_test_epochs"] = float(summary.range_test_epochs)
+    if getattr(summary, "search_notes", None):
+        artifacts["search_setup.txt"] = "\n".join(summary.search_notes) + "\n"
     return metrics, artifacts
 
 
