@@ -40,7 +40,7 @@ timeout 150 python3 benchmarks/optim_step.py --fused-only --sweep 2>&1 | tee "$O
   || status=1
 
 step "4. GPU example study, per_device 1 2 4"
-timeout 270 python3 benchmarks/gpu_study.py --per-device 1 2 4 --trials 12 2>&1 \
+timeout 300 python3 benchmarks/gpu_study.py --per-device 1 2 4 --trials 8 2>&1 \
   | tee "$OUT/gpu_study.txt" || status=1
 
 step "done, status $status"

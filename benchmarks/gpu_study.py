@@ -2,7 +2,7 @@
 
 Run ``python benchmarks/gpu_study.py`` on a machine with a CUDA GPU (``--per-device 1 2 4``,
 ``--trials 12``). For each setting it runs ``tuner launch`` on a fresh SQLite study, with
-MLflow off, while ``nvidia-smi`` samples the GPU every 200 ms, and
+MLflow off and no replicate comparison, while ``nvidia-smi`` samples the GPU every 200 ms, and
 prints, side by side:
 
 - trials per minute (finished trials over the launch's wall time, and over the span from the
@@ -46,6 +46,7 @@ def run_one(per_device: int, args: argparse.Namespace, cuda: bool) -> dict[str, 
     spec["budget"] = {"trials": args.trials, "epochs": args.epochs}
     spec["workers"] = {"devices": "auto", "per_device": per_device}
     spec["mlflow"] = {"tracking_uri": "off"}
+    spec["compare"] = {"seeds": 0}  # the search alone: replicate runs would add trials
     if not cuda:
         spec["params"].update(SMALL)
     (work / "study.yaml").write_text(yaml.safe_dump(spec))

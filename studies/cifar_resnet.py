@@ -11,6 +11,8 @@ test suite runs the same objective on CPU with a small setting in ``params``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +22,14 @@ import tuner
 
 def make_data(n: int, *, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` images and labels, the same for the same ``seed`` on any device."""
+    images, labels = _cpu_data(n, seed)
+    return images.to(device), labels.to(device)
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Kept per worker process: a worker runs many trials, and making 25k images on the CPU
+    # takes about a second that a GPU trial should not spend again and again.
     gen = torch.Generator().manual_seed(seed)
     # Smooth class patterns: random 8x8 fields upsampled to 32x32 (shared by every split).
     patterns = F.interpolate(
@@ -37,8 +47,7 @@ def make_data(n: int, *, seed: int, device: str) -> tuple[torch.Tensor, torch.Te
         for dy in range(-3, 4):
             chosen = (shifts[:, 0] == dx) & (shifts[:, 1] == dy)
             images[chosen] = torch.roll(patterns[labels[chosen]], (dx, dy), dims=(2, 3))
-    images = scale * images + 1.5 * noise
-    return images.to(device), labels.to(device)
+    return scale * images + 1.5 * noise, labels
 
 
 class Block(nn.Module):

@@ -6,6 +6,7 @@ kernel source, executed with numpy. On a GPU the CUDA tests run the compiled ker
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import REPO
 from tests.test_yogi import clone, saved_and_loaded
 from tuner.optim import Yogi
 
@@ -195,12 +197,13 @@ def test_fused_without_triton_says_so(tmp_path: Path) -> None:
             print(error)
         """
     )
+    paths = [str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")]
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))},
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -313,3 +316,55 @@ def test_catalog_builds_fused_on_cuda(monkeypatch: pytest.MonkeyPatch, name: str
     assert optimizer.param_groups[0]["fused"] is True
     model(torch.ones(3, 4, device="cuda")).sum().backward()
     optimizer.step()
+
+
+def compile_for_hopper(**constexprs: object) -> str:
+    """The kernel compiled for sm_90 (an H100/H200) without a GPU: Triton's compiler and the
+    ptxas it ships run on any x86-64 machine. Returns the PTX."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from tuner.optim import _yogi_fused
+
+    kernel = _yogi_fused._kernel(False)
+    scalars = ("lr", "one_minus_beta1", "one_minus_beta2", "eps", "weight_decay")
+    signature = {
+        "rows": "*i64",
+        "owners": "*i64",
+        **dict.fromkeys(scalars, "fp32"),
+        **dict.fromkeys(constexprs, "constexpr"),
+    }
+    source = ASTSource(
+        fn=kernel,
+        signature=signature,
+        constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()},
+    )
+    options = {"num_warps": _yogi_fused.NUM_WARPS, "enable_fp_fusion": True}
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "maximize", "weight_decay"),
+    [("float32", False, True), ("bfloat16", True, False), ("float16", False, False)],
+)
+def test_kernel_compiles_for_hopper_with_wide_loads(
+    monkeypatch: pytest.MonkeyPatch, dtype: str, maximize: bool, weight_decay: bool
+) -> None:
+    """The compiled path, checked without a GPU: the kernel builds for sm_90, full blocks move
+    128 bits per load and store (the alignment hint reaches them), and sqrt and division are
+    the correctly rounded ones the single-tensor path uses."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ptx = compile_for_hopper(
+        MAXIMIZE=maximize,
+        WEIGHT_DECAY=weight_decay,
+        ALIGNED=True,
+        DTYPE=getattr(triton.language, dtype),
+        ROW=8,
+        BLOCK=4096,
+    )
+    assert ".target sm_90" in ptx
+    assert "ld.global.v4" in ptx
+    assert "st.global.v4" in ptx
+    assert "sqrt.rn.f32" in ptx
+    assert "div.rn.f32" in ptx
+    assert "sqrt.approx.f32" not in ptx

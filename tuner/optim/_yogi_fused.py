@@ -1,9 +1,11 @@
 """Yogi's fused step: one Triton kernel updates every tensor of one device and dtype.
 
-Why Triton rather than ``torch.compile``: Triton ships with torch's CUDA builds, compiles one
-kernel per (dtype, flags) once per process instead of tracing the optimizer, and its CPU
-interpreter (``TRITON_INTERPRET=1``) runs the very same kernel on CPU tensors, so the test suite
-checks it on machines without a GPU.
+Why Triton rather than ``torch.compile``: Triton ships with torch's CUDA builds and compiles
+one kernel per (dtype, flags) once per process, where ``torch.compile`` would trace the
+optimizer and recompile when a scheduler changes the learning rate (a Python float) unless it
+became a tensor. Triton's CPU interpreter (``TRITON_INTERPRET=1``) runs the very same kernel on
+CPU tensors, and its compiler builds it for a GPU on any machine, so the test suite checks both
+without a GPU.
 
 One launch covers a whole list of tensors of different sizes. The kernel reads a table with one
 row per tensor (the addresses of the parameter, its gradient, both moments and its step count,
@@ -42,7 +44,8 @@ __all__ = ["FusedTables", "check_fused_param", "fused_yogi"]
 
 # Values per block. 4096 float32 values move 112 KiB per block (7 reads and writes of 4 bytes
 # each), enough to hide the table look-ups; the number of blocks of a 100M-value model (~25k)
-# still fills every SM many times over.
+# still fills every SM many times over. Chosen without a GPU to measure on:
+# `python benchmarks/optim_step.py --sweep` times the alternatives.
 BLOCK = 4096
 NUM_WARPS = 8
 ROW = 8  # int64 entries per tensor in the table: 5 addresses, numel, first block, padding
@@ -51,8 +54,12 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``), read the
+    way Triton reads it."""
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
 def check_fused_param(p: Tensor) -> None:
@@ -103,41 +110,30 @@ def _yogi_kernel(
     block = tl.program_id(0)
     tensor = tl.load(owners + block)
     row = rows + tensor * ROW
-    param_address = tl.load(row)
-    grad_address = tl.load(row + 1)
-    exp_avg_address = tl.load(row + 2)
-    exp_avg_sq_address = tl.load(row + 3)
+    param_ptr = tl.load(row).to(tl.pointer_type(DTYPE))
+    grad_ptr = tl.load(row + 1).to(tl.pointer_type(DTYPE))
+    exp_avg_ptr = tl.load(row + 2).to(tl.pointer_type(DTYPE))
+    exp_avg_sq_ptr = tl.load(row + 3).to(tl.pointer_type(DTYPE))
     if ALIGNED:
-        # Every address is a multiple of 16 bytes (checked on the host): lets the compiler use
-        # 128-bit loads and stores.
-        param_address = tl.multiple_of(param_address, 16)
-        grad_address = tl.multiple_of(grad_address, 16)
-        exp_avg_address = tl.multiple_of(exp_avg_address, 16)
-        exp_avg_sq_address = tl.multiple_of(exp_avg_sq_address, 16)
-    param_ptr = param_address.to(tl.pointer_type(DTYPE))
-    grad_ptr = grad_address.to(tl.pointer_type(DTYPE))
-    exp_avg_ptr = exp_avg_address.to(tl.pointer_type(DTYPE))
-    exp_avg_sq_ptr = exp_avg_sq_address.to(tl.pointer_type(DTYPE))
+        # Every address is a multiple of 16 bytes (checked on the host), which lets the compiler
+        # use 128-bit loads and stores. The hint must sit on the pointer: on the integer it
+        # was cast from, it does not reach the loads.
+        param_ptr = tl.multiple_of(param_ptr, 16)
+        grad_ptr = tl.multiple_of(grad_ptr, 16)
+        exp_avg_ptr = tl.multiple_of(exp_avg_ptr, 16)
+        exp_avg_sq_ptr = tl.multiple_of(exp_avg_sq_ptr, 16)
     step_ptr = tl.load(row + 4).to(tl.pointer_type(tl.float32))
     numel = tl.load(row + 5)
     start = (block - tl.load(row + 6)) * BLOCK
     offsets = start + tl.arange(0, BLOCK)
 
-    # Bias corrections in float64 from the step count, which was already incremented: beta**t
-    # by repeated squaring, one round per bit of t. beta is rebuilt from 1 - beta, which
-    # float32 holds to 8 digits where beta itself loses them to cancellation in 1 - beta**t.
-    t = tl.load(step_ptr).to(tl.int32)
-    beta1 = 1.0 - tl.cast(one_minus_beta1, tl.float64)
-    beta2 = 1.0 - tl.cast(one_minus_beta2, tl.float64)
-    beta1_t = tl.full((), 1.0, tl.float64)
-    beta2_t = tl.full((), 1.0, tl.float64)
-    while t > 0:
-        odd = (t & 1) == 1
-        beta1_t = tl.where(odd, beta1_t * beta1, beta1_t)
-        beta2_t = tl.where(odd, beta2_t * beta2, beta2_t)
-        beta1 = beta1 * beta1
-        beta2 = beta2 * beta2
-        t = t >> 1
+    # Bias corrections in float64 from the step count, already incremented: beta**t as
+    # exp(t * log(beta)), which float64 keeps to ~1e-15 relative. beta is rebuilt from 1 - beta,
+    # which float32 holds to 8 digits where beta itself loses them (0.999 is 0.99900001 in
+    # float32), and 1 - beta**t would carry that error, 1e-5 relative, into every step.
+    t = tl.load(step_ptr).to(tl.float64)
+    beta1_t = tl.exp(t * tl.log(1.0 - tl.cast(one_minus_beta1, tl.float64)))
+    beta2_t = tl.exp(t * tl.log(1.0 - tl.cast(one_minus_beta2, tl.float64)))
     bias_correction2_sqrt = tl.sqrt(1.0 - beta2_t)
     step_size = (-tl.cast(lr, tl.float64) * bias_correction2_sqrt / (1.0 - beta1_t)).to(tl.float32)
     eps_hat = (tl.cast(eps, tl.float64) * bias_correction2_sqrt).to(tl.float32)
@@ -211,9 +207,10 @@ _TRITON_DTYPES = (
 class FusedTables:
     """The kernel's tables for recently seen tensor lists, on the tensors' device.
 
-    Keyed by every address and size the tables hold, so a hit is always right. Entries built
-    while a CUDA graph is being captured are kept for good: the graph replays the copy that
-    filled them from pinned host memory, so that memory must keep its contents.
+    Keyed by every address and size the tables hold, so a hit is always right. Entries used
+    while a CUDA graph is being captured are kept for good: the graph reads their device
+    tables at every replay (and, for one built during capture, replays the copy that filled
+    it from pinned host memory), so neither may be freed.
     """
 
     def __init__(self, capacity: int = 8) -> None:
@@ -339,6 +336,9 @@ def fused_yogi(
             ROW=ROW,
             BLOCK=BLOCK,
             num_warps=NUM_WARPS,
+            # Contract a*b + c into one FMA, as nvcc does for torch's own CUDA kernels. Said
+            # explicitly: Triton 3.9 warns when the default is left to it.
+            enable_fp_fusion=True,
         )
         for original, updated in write_back:
             original.copy_(updated)
