@@ -44,7 +44,7 @@ from optuna.trial import TrialState
 
 from benchmarks._study import write_study
 from tests.pgutil import fresh_postgres_database, postgres_unavailable_reason
-from tuner.runner import open_study
+from tuner.session import open_study
 from tuner.storage import open_storage
 from tuner.studyfile import load_study_file
 

@@ -64,6 +64,22 @@ CONFIG_ERRORS = [
     ),
     ("unknown-sampler", {"sampler": {"name": "bayes"}}, ["sampler", "bayes", "tpe"]),
     ("missing-env-var", {"storage": "postgresql://u:${NO_SUCH_VAR_X}@h/db"}, ["NO_SUCH_VAR_X"]),
+    (
+        "in-memory-sqlite",
+        {"storage": "sqlite:///:memory:", "workers": {"per_device": 2}},
+        ["storage: must be a database that outlives the process", "sqlite:///:memory:"],
+    ),
+    (
+        "per-device-too-many",
+        {"workers": {"per_device": 100000}},
+        ["workers.per_device", "<= 64", "100000"],
+    ),
+    (
+        "grace-period-too-long",
+        {"workers": {"grace_period": 86400}},
+        ["workers.grace_period", "<= 3600", "86400"],
+    ),
+    ("bad-trial-timeout", {"budget": {"trial_timeout": "soon"}}, ["budget.trial_timeout", "soon"]),
 ]
 
 
@@ -74,7 +90,7 @@ def test_config_errors_name_the_field_the_rule_and_the_value(make_study, tmp_pat
     path = make_study(**fields)
     code, err = launch(path)
     assert code == 2, err
-    assert err.startswith("error: ")
+    assert err.splitlines()[1].startswith("error: ")  # after "tuner launch: checking <file>"
     for part in parts:
         assert part in err, f"{part!r} not in {err!r}"
     assert not (tmp_path / "study.db").exists()  # nothing written before the file validates

@@ -28,7 +28,6 @@ def test_gpu_example_study_runs_with_a_small_setting(tmp_path: Path) -> None:
     study_file["params"].update(SMALL)
     study_file["budget"] = {"trials": 2, "epochs": 2}
     study_file["mlflow"] = {"tracking_uri": "off"}
-    study_file["compare"] = {"seeds": 0}  # the search alone: no replicate runs
     (tmp_path / "cifar_resnet.yaml").write_text(yaml.safe_dump(study_file))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

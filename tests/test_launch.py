@@ -154,7 +154,9 @@ def test_pruned_trials_count_toward_the_budget(make_study):
     assert "no complete trial yet" in out
 
 
-def test_a_keyboard_interrupt_marks_the_trial_and_resume_reruns_it(make_study):
+def test_a_keyboard_interrupt_in_a_worker_requeues_the_trial_and_a_new_worker_reruns_it(
+    make_study,
+):
     src = REGRESSION.replace(
         "    g = torch.Generator()",
         "    import os\n"
@@ -165,21 +167,19 @@ def test_a_keyboard_interrupt_marks_the_trial_and_resume_reruns_it(make_study):
     )
     path = make_study(src)
     code, _, err = run("launch", str(path))
-    assert code == 130
-    assert "run the same command to resume" in err
+    # The worker stopped (exit 130) with its trial recorded as interrupted and queued again;
+    # launch started another worker, which ran it.
+    assert code == 0, err
+    assert "trial 1 interrupted" in err
     study = load(path)
     interrupted = study.trials[1]
     assert interrupted.state == TrialState.FAIL
     assert interrupted.user_attrs["tuner:outcome"] == "interrupted"
-    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
-    assert len(waiting) == 1
-    assert waiting[0].system_attrs["fixed_params"] == interrupted.params
-
-    assert run("launch", str(path))[0] == 0
-    study = load(path)
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 4
-    assert any(t.params == interrupted.params for t in finished)  # the same config ran again
+    retry = [t for t in finished if t.user_attrs.get("tuner:retry_of") == 1]
+    assert len(retry) == 1 and retry[0].params == interrupted.params
+    assert len({t.user_attrs["tuner:worker"] for t in study.trials}) == 2
 
 
 def test_status_and_best(make_study, tmp_path):
@@ -217,11 +217,20 @@ def test_best_before_any_complete_trial_says_so(make_study):
     assert "has no complete trial yet" in err
 
 
-def test_status_of_a_study_that_does_not_exist(make_study):
+def test_status_of_a_study_that_does_not_exist(make_study, tmp_path):
     path = make_study()
     code, _, err = run("status", str(path))
     assert code == 1
-    assert "no study named 'test-study'" in err and "tuner launch" in err
+    # No database is created to report on: the message names the file and the folder.
+    assert f"does not exist: no file {tmp_path / 'study.db'}" in err
+    assert f"working directory {tmp_path}" in err and "tuner launch" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obj.py", "study.yaml"]
+
+    assert run("launch", str(path), "--trials", "1")[0] == 0
+    other = make_study(name="other-study")
+    code, _, err = run("status", str(other))
+    assert code == 1
+    assert "no study named 'other-study'" in err and "tuner launch" in err
 
 
 @pytest.mark.parametrize("command", ["launch", "worker", "status", "best", "report", "sync"])

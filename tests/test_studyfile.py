@@ -82,7 +82,7 @@ BAD_INPUTS = [
         {},
         [
             "budget: unknown key 'epoch', did you mean 'epochs'? "
-            "(known: trials, timeout, epochs, max_failures)"
+            "(known: trials, timeout, epochs, max_failures, trial_timeout)"
         ],
     ),
     ("reserved-key", BASE + "raw_text: hi\n", {}, ["unknown key 'raw_text'"]),
@@ -323,8 +323,10 @@ def test_defaults_are_filled(tmp_path: Path) -> None:
         "timeout": None,
         "epochs": 10,
         "max_failures": 10,
+        "trial_timeout": None,
     }
-    assert study.storage == "sqlite:///tuner.db"
+    # SQLite paths are made absolute once, at load, against the working directory.
+    assert study.storage == f"sqlite:///{Path.cwd() / 'tuner.db'}"
     assert (study.sampler.name, study.sampler.options) == ("tpe", {})
     assert (study.pruner.name, study.pruner.options) == ("hyperband", {})
     assert study.params == {}
@@ -354,8 +356,8 @@ def test_full_file(tmp_path: Path) -> None:
     assert study.direction == "maximize" and study.metric == "val_accuracy"
     assert (study.budget.trials, study.budget.timeout, study.budget.epochs) == (60, 7200.0, 20)
     assert study.budget.max_failures == 3
-    # Relative SQLite paths stay as written: SQLAlchemy resolves them against the cwd.
-    assert study.storage == "sqlite:///runs/tuner.db"
+    # Relative SQLite paths are resolved against the cwd, as SQLAlchemy would, once at load.
+    assert study.storage == f"sqlite:///{Path.cwd() / 'runs' / 'tuner.db'}"
     assert study.sampler.options == {"seed": 0, "n_startup_trials": 5}
     assert (study.pruner.name, study.pruner.options) == ("median", {"n_startup_trials": 2})
     assert isinstance(study.search, SearchSpace)

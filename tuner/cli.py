@@ -116,18 +116,23 @@ def cli() -> None:
 @_handle_errors
 def launch(study_path: Path, trials: int | None, timeout: str | None, quiet: bool) -> None:
     """Create or resume the study in STUDY.yaml and run it to its budget on this machine."""
+    if not quiet:
+        # At once: validating the file imports torch (the catalog), which takes seconds.
+        _echo(f"tuner launch: checking {study_path.resolve()}")
     from tuner.launch import launch as run_launch
 
     _setup_logging(quiet)
     study_file = _load(study_path, trials=trials, timeout=timeout)
-    summary = run_launch(study_file, echo=(lambda _: None) if quiet else _echo)
+    summary, stop = run_launch(
+        study_file,
+        echo=(lambda _: None) if quiet else _echo,
+        live=sys.stderr.isatty(),
+        quiet=quiet,
+    )
     click.echo(summary.format())
-    if summary.stop_reason == "failures":
-        raise TunerError(
-            f"the study stopped early: {study_file.budget.max_failures} trials failed",
-            hint="fix the objective (the tracebacks are in the study database and MLflow), "
-            "or raise budget.max_failures",
-        )
+    _echo(stop.line)  # the last line says why it stopped; the exit code agrees
+    if stop.exit_code:
+        sys.exit(stop.exit_code)
 
 
 @cli.command()
@@ -138,24 +143,42 @@ def launch(study_path: Path, trials: int | None, timeout: str | None, quiet: boo
 )
 @click.option("--device-tag", hidden=True, help="The device name recorded in tags.")
 @click.option("--deadline", type=float, hidden=True, help="Unix time after which no trial starts.")
+@click.option("--trials", type=click.IntRange(min=1), help="Override budget.trials.")
+@click.option("--timeout", metavar="DURATION", help="Override budget.timeout (90s, 30m, 2h).")
+@click.option("--supervised-by", type=int, hidden=True, help="The pid of the tuner launch.")
+@click.option("--events-fd", type=int, hidden=True, help="Where to report trials to launch.")
 @click.option("--quiet", is_flag=True, help="No line per trial.")
 @_handle_errors
 def worker(
     study_path: Path, device: str | None, device_tag: str | None, deadline: float | None,
+    trials: int | None, timeout: str | None, supervised_by: int | None, events_fd: int | None,
     quiet: bool,
 ) -> None:  # fmt: skip
     """Join the study in STUDY.yaml and run trials on one device until its budget is spent."""
     from tuner.launch import run_worker
 
     _setup_logging(quiet)
-    study_file = _load(study_path)
-    reason = run_worker(
-        study_file,
-        echo=(lambda _: None) if quiet else _echo,
-        device=device,
-        device_tag=device_tag,
-        deadline=deadline,
-    )
+    if supervised_by is not None:
+        import faulthandler
+
+        # A crash in native code (a segfault) prints where the trial was before the worker
+        # dies; launch relays it and fails that trial.
+        faulthandler.enable(all_threads=False)
+    study_file = _load(study_path, trials=trials, timeout=timeout)
+    try:
+        reason = run_worker(
+            study_file,
+            echo=(lambda _: None) if quiet else _echo,
+            device=device,
+            device_tag=device_tag,
+            deadline=deadline,
+            supervisor_pid=supervised_by,
+            events_fd=events_fd,
+        )
+    except KeyboardInterrupt:
+        if supervised_by is None:
+            raise
+        sys.exit(130)  # launch asked; it tells the user what became of the trials
     if not quiet:
         _echo(f"worker done ({reason})")
 
@@ -199,6 +222,7 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
     """
     from tuner.compare import compute_answer
     from tuner.export import OptimizerConfig
+    from tuner.keys import ATTR
     from tuner.render import render_torch_script
 
     _setup_logging()
@@ -212,7 +236,7 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
         )
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == answer.winner.trial)
     config = OptimizerConfig.from_dict(answer.winner.config)
-    total_steps = trial.user_attrs.get("tuner:total_steps")
+    total_steps = trial.user_attrs.get(ATTR.TOTAL_STEPS)
     header = [f"{study_file.name}: {answer.sentence()}."]
     if not isinstance(total_steps, int):
         header.append("Its objective recorded no total_steps (it did not call build_optimizer).")
@@ -247,8 +271,8 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
 def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:
     """Plots and a summary of the study, also logged to its MLflow parent run."""
     from tuner.filenames import safe_filename
+    from tuner.keys import ATTR
     from tuner.report import write_report
-    from tuner.runner import ATTR
     from tuner.tracking import make_tracker
 
     _setup_logging()
@@ -338,23 +362,10 @@ def sync(study_path: Path) -> None:
 
 
 def _load_existing_study(study_file: Any, *, heartbeats: bool = False) -> Any:
-    import optuna
+    from tuner.session import load_study
 
-    from tuner.launch import open_study_storage
-    from tuner.storage import open_storage
-    from tuner.tracking import NullTracker
-
-    if heartbeats:
-        storage = open_study_storage(study_file, NullTracker())
-    else:
-        storage = open_storage(study_file.storage)
-    try:
-        return optuna.load_study(study_name=study_file.name, storage=storage)
-    except KeyError:
-        raise TunerError(
-            f"no study named {study_file.name!r} in {redact_url(study_file.storage)}",
-            hint="run `tuner launch` to create it",
-        ) from None
+    # Reading a study never creates one: a wrong folder is an error, not a new empty file.
+    return load_study(study_file, heartbeats=heartbeats)
 
 
 def main() -> None:

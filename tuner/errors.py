@@ -42,4 +42,9 @@ class ObjectiveError(ConfigError):
 
 
 class StorageError(TunerError):
-    """The study database cannot be reached or used. Messages never contain a password."""
+    """The study database cannot be reached or used. Messages never contain a password.
+
+    ``transient`` marks a failure worth retrying later (a server restarting or unreachable).
+    """
+
+    transient: bool = False

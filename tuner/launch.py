@@ -1,33 +1,34 @@
 """``tuner launch`` and ``tuner worker``: open the study, start the workers, show progress.
 
-``launch`` runs ``devices x per_device`` workers on this machine: one in this process, or one
-subprocess per slot (``tuner worker``), each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``.
-``worker`` runs the same loop on any machine that reaches the same storage.
+``launch`` supervises ``devices x per_device`` worker processes on this machine (``tuner
+worker``, each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``) and never runs the objective
+itself (:mod:`tuner.supervisor`). ``worker`` runs the trial loop on any machine that reaches the
+same storage.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.trial import TrialState
 
-from tuner.errors import ConfigError, TunerError
-from tuner.runner import ATTR, TrialResult, Worker, open_study
-from tuner.summary import StudySummary, format_duration, mlflow_view, summarize
-from tuner.trialdb import budget_counts, count_states
+from tuner.errors import ConfigError, ObjectiveError
+from tuner.progress import result_line
+from tuner.runner import Worker
+from tuner.session import open_session as _open_session
+from tuner.session import open_study_storage
+from tuner.storage import redact_url
+from tuner.summary import StudySummary, mlflow_view, summarize
 
 if TYPE_CHECKING:
     from tuner.studyfile import StudyFile
+    from tuner.supervisor import Stop
     from tuner.tracking import Tracker
 
 __all__ = [
@@ -74,61 +75,9 @@ def resolve_slots(devices: str | list[str], per_device: int) -> list[Slot]:
 
 
 def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
-    """Open the storage, the study (created or resumed) and the tracker with its parent run."""
-    from tuner.storage import dialect_of
-    from tuner.tracking import make_tracker
-
-    tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
-    study = open_study(study_file, open_study_storage(study_file, tracker))
-    existing = study.user_attrs.get(ATTR.PARENT_RUN)
-    parent = tracker.open_study(
-        study_name=study_file.name,
-        experiment=study_file.mlflow.experiment,
-        study_yaml_text=study_file.raw_text,
-        tags={
-            "tuner.sampler": study_file.sampler.name,
-            "tuner.pruner": study_file.pruner.name,
-            "tuner.storage_dialect": dialect_of(study_file.storage),
-            "tuner.direction": study_file.direction,
-            "tuner.metric": study_file.metric,
-        },
-        existing_parent_run_id=existing,
-    )
-    if parent is not None and parent != existing:
-        study.set_user_attr(ATTR.PARENT_RUN, parent)
-    return study, tracker
-
-
-def open_study_storage(study_file: StudyFile, tracker: Tracker) -> optuna.storages.BaseStorage:
-    """The study database with heartbeats on: a trial whose worker went silent for
-    ``workers.grace_period`` is failed, queued again, and its MLflow run closed as KILLED."""
-    from tuner.storage import open_storage
-
-    return open_storage(
-        study_file.storage,
-        heartbeat_interval=study_file.workers.heartbeat_interval,
-        grace_period=study_file.workers.grace_period,
-        failed_trial_callback=_retry_stale_trials(tracker),
-    )
-
-
-def _retry_stale_trials(
-    tracker: Tracker,
-) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    """The callback for a trial lost with its worker: queue it again with the same parameters,
-    and close its MLflow run as KILLED (no recorder of the dead worker will ever end it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-        if retry_cls is None:  # optuna < 4.9
-            retry_cls = optuna.storages.RetryFailedTrialCallback
-        retry = retry_cls(max_retry=3)
-
-    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        retry(study, trial)
-        tracker.kill_trial(trial.number, reason="its worker stopped sending heartbeats")
-
-    return on_stale
+    """The study (created or resumed) and the tracker: :func:`tuner.session.open_session`."""
+    session = _open_session(study_file)
+    return session.study, session.tracker
 
 
 def launch(
@@ -136,41 +85,50 @@ def launch(
     *,
     echo: Echo,
     slots: list[Slot] | None = None,
-) -> StudySummary:
-    """Run the study to its budget on this machine; returns the final summary."""
-    from tuner.objective import load_objective
+    live: bool = False,
+    quiet: bool = False,
+) -> tuple[StudySummary, Stop]:
+    """Run the study to its budget on this machine with supervised worker processes.
 
-    objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
+    Prints what it is doing at once (the study, where it is stored and tracked, the workers),
+    shows progress while the workers run, and returns the final summary and why it stopped
+    (with the exit code and one line for the user). The objective never runs in this
+    process: every slot is a ``tuner worker`` process (:mod:`tuner.supervisor`).
+    """
+    from tuner.progress import Progress
+    from tuner.supervisor import Supervisor
+
+    _check_objective_file(study_file)
+    echo(
+        f"tuner launch: study {study_file.name!r} ({study_file.path}) | storage "
+        f"{redact_url(study_file.storage)} | MLflow {_tracking_location(study_file)}"
+    )
     slots = slots or resolve_slots(study_file.workers.devices, study_file.workers.per_device)
     for slot in slots:
         _check_device(slot.tag)
-    study, tracker = open_session(study_file)
+    echo(f"workers: {len(slots)} ({_describe_slots(slots)})")
+    session = _open_session(study_file)
+    storage, study, tracker = session.storage, session.study, session.tracker
     timeout = study_file.budget.timeout
     deadline = time.time() + timeout if timeout else None
-    progress = Progress(study, study_file, echo)
+    progress = Progress(study, study_file, echo, live=live and not quiet)
     try:
-        if len(slots) == 1:
-            worker = Worker(
-                study_file=study_file,
-                study=study,
-                objective=objective,
-                tracker=tracker,
-                device=slots[0].tag,
-                device_tag=slots[0].tag,
-                deadline=deadline,
-                on_trial_end=progress.trial_ended,
-            )
-            progress.stopped(worker.run())
-        else:
-            progress.stopped(_run_subprocess_workers(study_file, slots, deadline, progress))
+        supervisor = Supervisor(
+            study_file, storage=storage, study=study, tracker=tracker, slots=slots,
+            progress=progress, deadline=deadline, quiet=quiet,
+        )  # fmt: skip
+        try:
+            stop = supervisor.run()
+        finally:
+            progress.close()
         summary = summarize(study, budget=study_file.budget.trials, compare=study_file.compare)
-        summary.stop_reason = progress.reason
+        summary.stop_reason = stop.reason
         summary.mlflow_view = mlflow_view(
             study_file.mlflow.tracking_uri, getattr(tracker, "experiment_id", None)
         )
         _update_parent(tracker, summary)
         tracker.end_study()
-        return summary
+        return summary, stop
     finally:
         tracker.close(timeout=30.0)
 
@@ -182,21 +140,35 @@ def run_worker(
     device: str | None = None,
     device_tag: str | None = None,
     deadline: float | None = None,
+    supervisor_pid: int | None = None,
+    events_fd: int | None = None,
 ) -> str:
-    """``tuner worker``: join the study and run trials on one device until the budget is spent."""
+    """``tuner worker``: join the study and run trials on one device until the budget is spent.
+
+    Under ``tuner launch`` (``supervisor_pid``) the worker reports its trials on ``events_fd``
+    and stops once that process is gone.
+    """
     from tuner.objective import load_objective
     from tuner.storage import warn_if_sqlite_shared
 
-    warning = warn_if_sqlite_shared(study_file.storage)
-    if warning:
-        log.warning(warning)
+    if supervisor_pid is None:
+        # A local launch owns its SQLite file; the warning is for a worker joining from afar.
+        warning = warn_if_sqlite_shared(study_file.storage)
+        if warning:
+            log.warning(warning)
     objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
     if device is None:
         device = resolve_slots(study_file.workers.devices, 1)[0].tag
     _check_device(device)
-    study, tracker = open_session(study_file)
+    session = _open_session(study_file, patience=STARTUP_PATIENCE)
+    study, tracker = session.study, session.tracker
     if deadline is None and study_file.budget.timeout:
         deadline = time.time() + study_file.budget.timeout
+    events = None
+    if events_fd is not None:
+        from tuner.supervisor import EventWriter
+
+        events = EventWriter(events_fd)
     worker = Worker(
         study_file=study_file,
         study=study,
@@ -205,113 +177,62 @@ def run_worker(
         device=device,
         device_tag=device_tag or device,
         deadline=deadline,
-        on_trial_end=lambda r: echo(_result_line(r, study_file.metric)),
+        on_trial_end=None
+        if events is not None
+        else lambda r: echo(result_line(r.number, r.outcome, r.value, r.reason, study_file.metric)),
+        events=events,
+        parent_pid=supervisor_pid,
     )
     try:
         reason = worker.run()
-        summary = summarize(study, budget=study_file.budget.trials, compare=study_file.compare)
-        _update_parent(tracker, summary)
+        if supervisor_pid is None:  # under launch, the supervisor updates the parent run
+            _update_parent(
+                tracker,
+                summarize(study, budget=study_file.budget.trials, compare=study_file.compare),
+            )
         return reason
     finally:
         tracker.close(timeout=30.0)
 
 
-class Progress:
-    """Progress lines while trials finish: done of budget, best so far, elapsed, remaining."""
-
-    def __init__(self, study: optuna.Study, study_file: StudyFile, echo: Echo) -> None:
-        self.study = study
-        self.sf = study_file
-        self.echo = echo
-        self.started = time.monotonic()
-        self.done_at_start = _finished(study)
-        self.reason: str | None = None
-
-    def trial_ended(self, result: TrialResult | None = None) -> None:
-        done = _finished(self.study)
-        budget = self.sf.budget.trials
-        elapsed = time.monotonic() - self.started
-        best = _best(self.study)
-        replicates = 0
-        if done > budget:  # replicates of the finalists (tuner.compare), after the search
-            from tuner.compare import replicate_counts
-
-            reps = replicate_counts(self.study)
-            replicates = reps.get(TrialState.COMPLETE, 0) + reps.get(TrialState.PRUNED, 0)
-            done -= replicates
-        parts = [f"[{done:>{len(str(budget))}}/{budget}]"]
-        if replicates:
-            parts[0] += f" replicate {replicates}"
-        if result is not None:
-            parts.append(_result_line(result, self.sf.metric))
-        parts.append(f"best {best}")
-        parts.append(f"elapsed {format_duration(elapsed)}")
-        new = done - self.done_at_start
-        if new > 0 and done < budget:
-            left = elapsed / new * (budget - done)
-            if self.sf.budget.timeout:
-                left = min(left, max(0.0, self.sf.budget.timeout - elapsed))
-            parts.append(f"~{format_duration(left)} left")
-        self.echo(" | ".join(parts))
-
-    def stopped(self, reason: str) -> None:
-        self.reason = reason
-        messages = {
-            "timeout": "budget.timeout reached: no new trial started",
-            "failures": (
-                f"stopped: {self.sf.budget.max_failures} trials failed (budget.max_failures); "
-                "see `tuner status` and the tracebacks in MLflow or the study database"
-            ),
-        }
-        if reason in messages:
-            self.echo(messages[reason])
+# How long a worker keeps trying to reach the study storage when it starts (a PostgreSQL
+# restart takes seconds; a server that is down for longer is an error worth seeing).
+STARTUP_PATIENCE = 60.0
 
 
-def _run_subprocess_workers(
-    study_file: StudyFile, slots: list[Slot], deadline: float | None, progress: Progress
-) -> str:
-    procs = []
-    for slot in slots:
-        env = dict(os.environ)
-        if slot.visible is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot.visible
-        cmd = [
-            sys.executable, "-m", "tuner", "worker", str(study_file.path),
-            "--device", slot.device, "--device-tag", slot.tag, "--quiet",
-        ]  # fmt: skip
-        if deadline is not None:
-            cmd += ["--deadline", repr(deadline)]
-        procs.append(subprocess.Popen(cmd, env=env))
-    last = -1
-    try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(1.0)
-            done = _finished(progress.study)
-            if done != last:
-                last = done
-                progress.trial_ended()
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait(timeout=60)
-        raise
-    codes = [p.returncode for p in procs]
-    if any(c not in (0,) for c in codes):
-        raise TunerError(
-            f"{sum(c != 0 for c in codes)} of {len(procs)} workers exited with an "
-            f"error (exit codes {codes}); their output is above"
+def _check_objective_file(study_file: StudyFile) -> None:
+    """A missing objective file is an error before anything is created; importing the objective
+    (and anything else about it) is left to the workers: this process runs no user code."""
+    from tuner.objective import is_file_spec, split_objective_spec
+
+    target, _ = split_objective_spec(study_file.objective)
+    if not is_file_spec(target):
+        return
+    path = Path(target).expanduser()
+    if not path.is_absolute():
+        path = study_file.base_dir / path
+    if not path.is_file():
+        problem = "is a directory, not a file" if path.exists() else "file not found"
+        raise ObjectiveError(
+            f"objective: {problem}: {path.resolve()} (from {study_file.objective!r}, relative "
+            f"to {study_file.base_dir})"
         )
-    progress.trial_ended()
-    # The workers decided why they stopped; read it back from the study database.
-    counts, failed = budget_counts(progress.study)
-    finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
-    if finished >= study_file.budget.trials:
-        return "budget"
-    if failed >= study_file.budget.max_failures:
-        return "failures"
-    return "timeout" if deadline is not None and time.time() >= deadline else "stopped"
+
+
+def _tracking_location(study_file: StudyFile) -> str:
+    uri = study_file.mlflow.tracking_uri
+    if uri is None:
+        return "off"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
+    return f"{redact_url(uri)} (experiment {study_file.mlflow.experiment!r})"
+
+
+def _describe_slots(slots: list[Slot]) -> str:
+    counts: dict[str, int] = {}
+    for slot in slots:
+        counts[slot.tag] = counts.get(slot.tag, 0) + 1
+    return ", ".join(f"{tag} x{n}" if n > 1 else tag for tag, n in counts.items())
 
 
 def _check_device(device: str) -> None:
@@ -341,25 +262,3 @@ def _update_parent(tracker: Tracker, summary: StudySummary) -> None:
         tags["tuner.answer"] = summary.answer.sentence()
         tags["tuner.winner"] = summary.answer.finalists[0].optimizer
     tracker.update_study(metrics=metrics, tags=tags, artifacts=artifacts)
-
-
-def _finished(study: optuna.Study) -> int:
-    counts = count_states(study)
-    return counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
-
-
-def _best(study: optuna.Study) -> str:
-    try:
-        best = study.best_trial
-    except ValueError:
-        return "none yet"
-    return f"{best.value:.6g} (trial {best.number})"
-
-
-def _result_line(result: TrialResult, metric: str) -> str:
-    text = f"trial {result.number} {result.outcome}"
-    if result.value is not None and result.outcome == "complete":
-        text += f" {metric}={result.value:.6g}"
-    elif result.reason and result.outcome in ("failed", "diverged"):
-        text += f" ({result.reason[:80]})"
-    return text

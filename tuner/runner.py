@@ -30,11 +30,10 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.compare import REPLICATE_ATTR
-from tuner.errors import ConfigError
+from tuner.keys import ATTR, OUTCOMES, Outcome
 from tuner.storage import budget_lock, redact_url
 from tuner.trial import Trial, TrialDiverged
 from tuner.trialdb import (
-    OUTCOME_ATTR,
     TrialHeartbeat,
     budget_counts,
     fail_stale_trials,
@@ -51,32 +50,25 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTR",
     "OUTCOMES",
+    "Outcome",
     "TrialResult",
     "Worker",
-    "open_study",
     "trial_seed",
 ]
 
 log = logging.getLogger("tuner")
 
 
-class ATTR:
-    """Keys tuner keeps in Optuna's study and trial user attributes."""
-
-    CONFIG = "tuner:config"
-    OUTCOME = OUTCOME_ATTR
-    REASON = "tuner:reason"
-    TRACEBACK = "tuner:traceback"
-    HOST = "tuner:worker_host"
-    WORKER = "tuner:worker"  # host/pid: which process ran the trial
-    DEVICE = "tuner:device"
-    DURATION = "tuner:duration_s"
-    RETRY_OF = "tuner:retry_of"
-    METRIC = "tuner:metric"
-    PARENT_RUN = "tuner:mlflow_parent_run_id"
-
-
-OUTCOMES = ("complete", "pruned", "diverged", "failed", "interrupted")
+# The signal a worker's watchdog sends to its own main thread to cut a trial short.
+CUT_SHORT_SIGNAL = signal.SIGUSR1
+WATCH_INTERVAL = 0.25
+# How long a trial may run on past budget.timeout before it is stopped and queued again.
+DEADLINE_GRACE = 10.0
+LOST_REASON = (
+    "another process failed this trial while this worker was silent for longer than "
+    "workers.grace_period (paused, or cut off from the storage); its result is dropped and "
+    "the trial runs again"
+)
 
 
 @dataclass(frozen=True)
@@ -95,35 +87,14 @@ def trial_seed(base: int, number: int) -> int:
     return (base * 1_000_003 + number) % (2**31)
 
 
-def open_study(study_file: StudyFile, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Create the study, or load it when a study of that name exists (resume, other workers)."""
-    from tuner.studyfile import make_pruner, make_sampler
-
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_file.name,
-        direction=study_file.direction,
-        sampler=make_sampler(study_file.sampler),
-        pruner=make_pruner(study_file.pruner, max_resource=study_file.budget.epochs),
-        load_if_exists=True,
-    )
-    wanted = optuna.study.StudyDirection[study_file.direction.upper()]
-    if study.direction != wanted:
-        raise ConfigError(
-            f"direction: study {study_file.name!r} already exists in the storage with direction "
-            f"{study.direction.name.lower()}, but the study file says {study_file.direction}",
-            hint="use another `name` for a new study",
-        )
-    if study.user_attrs.get(ATTR.METRIC) != study_file.metric:
-        study.set_user_attr(ATTR.METRIC, study_file.metric)
-    return study
-
-
 @dataclass
 class Worker:
     """One worker: runs trials of ``study`` on ``device`` until the budget is spent.
 
     Collaborators are passed in: the study (with its storage), the tracker, the objective.
+    ``events`` receives what a supervisor shows and acts on (a trial started, reached a step,
+    ended); ``parent_pid`` is the supervisor's pid: once it is gone the worker stops, its
+    running trial queued again, so nothing that ``tuner launch`` started outlives it.
     """
 
     study_file: StudyFile
@@ -134,13 +105,18 @@ class Worker:
     device_tag: str | None = None
     deadline: float | None = None
     on_trial_end: Callable[[TrialResult], None] | None = None
+    events: Callable[[dict[str, Any]], None] | None = None
+    parent_pid: int | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     host: str = field(default_factory=socket.gethostname)
     poll_interval: float = 1.0
+    deadline_grace: float = DEADLINE_GRACE
     _in_objective: bool = field(default=False, repr=False)
     _tracking_mark: int | None = field(default=None, repr=False)
     _interrupted: bool = field(default=False, repr=False)
     _next_stale_check: float = field(default=0.0, repr=False)
+    _trial_started: float | None = field(default=None, repr=False)
+    _cut_short: _CutShort | None = field(default=None, repr=False)
 
     def run(self) -> str:
         """Run trials until the budget, the timeout or the failure limit ends the study.
@@ -149,7 +125,7 @@ class Worker:
         Ctrl-C or SIGTERM raise KeyboardInterrupt once the running trial is recorded as
         interrupted (and queued to run again).
         """
-        with self._signals():
+        with self._signals(), self._watchdog():
             while not self.stop.is_set():
                 if self._interrupted:
                     raise KeyboardInterrupt
@@ -164,6 +140,9 @@ class Worker:
                 result = self._run_trial(reserved)
                 if self.on_trial_end is not None:
                     self.on_trial_end(result)
+                if result.outcome == Outcome.INTERRUPTED:
+                    # Only the deadline's grace ends a trial this way without raising.
+                    return "timeout"
             return "stopped"
 
     @contextlib.contextmanager
@@ -179,12 +158,63 @@ class Worker:
             if self._in_objective:
                 raise KeyboardInterrupt
 
+        def on_cut_short(signum: int, frame: object) -> None:
+            # The watchdog's request: raised in the objective only, never in bookkeeping.
+            cut, self._cut_short = self._cut_short, None
+            if cut is not None and self._in_objective:
+                raise cut
+
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous[CUT_SHORT_SIGNAL] = signal.signal(CUT_SHORT_SIGNAL, on_cut_short)
         try:
             yield
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    @contextlib.contextmanager
+    def _watchdog(self) -> Iterator[None]:
+        """A thread that watches the clock and the parent process, and asks the main thread (by
+        a signal) to cut the running trial short: past ``budget.trial_timeout`` it fails as
+        timed out; past ``budget.timeout`` plus a short grace it is interrupted and queued
+        again; once the supervisor is gone the worker stops as on SIGTERM."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        done = threading.Event()
+        thread = threading.Thread(
+            target=self._watch, args=(done,), name="tuner-watchdog", daemon=True
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def _watch(self, done: threading.Event) -> None:
+        trial_timeout = self.study_file.budget.trial_timeout
+        asked_for: float | None = None  # the trial (by its start time) already cut short
+        while not done.wait(WATCH_INTERVAL):
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                _parent_gone()
+                return
+            started = self._trial_started
+            if started is None or not self._in_objective or asked_for == started:
+                continue
+            if trial_timeout is not None and time.monotonic() - started > trial_timeout:
+                cut = _CutShort(Outcome.FAILED, timed_out_reason(trial_timeout))
+            elif self.deadline is not None and time.time() > self.deadline + self.deadline_grace:
+                cut = _CutShort(Outcome.INTERRUPTED, "budget.timeout passed: it runs again")
+            else:
+                continue
+            asked_for = started
+            self._cut_short = cut
+            os.kill(os.getpid(), CUT_SHORT_SIGNAL)
+
+    def _emit(self, event: str, **data: Any) -> None:
+        if self.events is not None:
+            self.events({"event": event, **data})
 
     def _reserve(self) -> optuna.Trial | str:
         """A trial to run, or why there is none; waits while other workers' trials decide."""
@@ -267,96 +297,41 @@ class Worker:
         self._next_stale_check = now + (interval if interval else self.poll_interval)
 
     def _run_trial(self, ot: optuna.Trial) -> TrialResult:
+        """Run one reserved trial: announce it, prepare it, call the objective, record it."""
         from tuner import compare
-        from tuner.export import OptimizerConfig
-        from tuner.space import sample_config
 
         started = time.monotonic()
-        sf = self.study_file
-        recorder = None
-        outcome, value, reason, tb = "complete", None, None, None
-        diverged_step: int | None = None
-        trial: Trial | None = None
         # Where the trial runs goes with its first heartbeat, in one commit, before sampling: a
         # worker that dies from here on leaves a trial that the stale check fails and retries.
-        heartbeat = TrialHeartbeat(
-            ot,
-            {
-                ATTR.HOST: self.host,
-                ATTR.WORKER: f"{self.host}/{os.getpid()}",
-                ATTR.DEVICE: self.device_tag or self.device,
-            },
-        )
+        heartbeat = TrialHeartbeat(ot, self._where())
         heartbeat.start()
+        self._emit("start", number=ot.number, trial_id=ot._trial_id)
         replicate = compare.replicate_of(ot)
+        trial: Trial | None = None
         try:
-            if replicate is None:
-                config = sample_config(ot, sf.search)
-            else:  # a finalist's configuration again, with a fresh seed (tuner.compare)
-                config = OptimizerConfig.from_dict(replicate["config"])
-            heartbeat.write_soon({ATTR.CONFIG: config.to_dict()})
-            recorder = self.tracker.start_trial(
-                number=ot.number,
-                params=_flat_params(config.to_dict()),
-                tags={
-                    **_replicate_tags(replicate),
-                    "tuner.trial_number": str(ot.number),
-                    "tuner.optimizer": config.optimizer,
-                    "tuner.schedule": str(config.schedule.get("name")),
-                    "tuner.worker_host": self.host,
-                    "tuner.device": self.device_tag or self.device,
-                },
-            )
-            seed = trial_seed(_sampler_seed(sf), ot.number)
-            if replicate is not None:
-                seed = int(replicate["seed"])
-            trial = Trial(
-                optuna=ot,
-                config=config,
-                device=self.device,
-                max_epochs=sf.budget.epochs,
-                params=dict(sf.params),
-                seed=seed,
-                metric=sf.metric,
-                direction=sf.direction,
-                recorder=recorder,
-                prune=replicate is None,  # a replicate runs to the end, whatever the pruner says
-            )
-            _seed_everything(seed)
-            if self._interrupted:  # the signal came between reserving and starting
-                raise KeyboardInterrupt
-            self._in_objective = True
             try:
-                returned = self.objective(trial)
-            finally:
-                self._in_objective = False
-            value = _as_value(returned)
-            if not math.isfinite(value):
-                raise TrialDiverged(f"the objective returned {value}")
-        except TrialDiverged as exc:
-            outcome, reason = "diverged", exc.reason
-            diverged_step = exc.step
-        except optuna.TrialPruned as exc:
-            outcome, reason = "pruned", str(exc) or None
-        except KeyboardInterrupt:
-            outcome, reason = "interrupted", "interrupted (Ctrl-C or SIGTERM)"
-        except Exception as exc:
-            outcome = "failed"
-            reason = redact_url(f"{type(exc).__name__}: {exc}")
-            tb = redact_url(traceback.format_exc())
-            del exc
+                trial = self._prepare(ot, heartbeat, replicate)
+            except Exception as exc:
+                # The search space or the tracker, not the objective: say so in the reason.
+                ending = _failure(exc, prefix="preparing the trial failed: ")
+            else:
+                ending = self._call_objective(trial)
+        except (KeyboardInterrupt, _CutShort) as exc:  # a signal just outside the objective
+            ending = _interruption(exc)
         finally:
             unwritten = heartbeat.stop()
 
         duration = time.monotonic() - started
-        self._record(ot, trial, outcome, value, reason, tb, diverged_step, duration, unwritten)
-        if recorder is not None:
+        if not self._record(ot, trial, ending, duration, unwritten):
+            ending = _Ending(Outcome.LOST, reason=LOST_REASON)
+        recorder = trial.recorder if trial is not None else None
+        if recorder is not None and ending.outcome != Outcome.LOST:
             recorder.finish(
-                outcome,
+                ending.outcome.value,
                 tags={
                     "tuner.duration_s": f"{duration:.3f}",
                     # The runs table tells outcomes and replicates apart by name.
-                    "mlflow.runName": _run_name(ot.number, outcome, replicate),
+                    "mlflow.runName": _run_name(ot.number, ending.outcome.value, replicate),
                 },
             )
             # Wait (1 s at most, and not at all while MLflow fails) for the previous trial's
@@ -366,48 +341,149 @@ class Worker:
             if self._tracking_mark is not None:
                 self.tracker.flush(timeout=1.0, upto=self._tracking_mark)
             self._tracking_mark = self.tracker.mark()
-        if outcome == "failed":
+        result = TrialResult(ot.number, ending.outcome.value, ending.value, ending.reason, duration)
+        self._emit(
+            "end", number=ot.number, outcome=result.outcome, value=result.value,
+            reason=result.reason, duration=round(duration, 3),
+        )  # fmt: skip
+        self._log_ending(ot.number, ending)
+        if ending.outcome == Outcome.INTERRUPTED and not ending.deadline:
+            raise KeyboardInterrupt
+        return result
+
+    def _where(self) -> dict[str, Any]:
+        return {
+            ATTR.HOST: self.host,
+            ATTR.WORKER: f"{self.host}/{os.getpid()}",
+            ATTR.DEVICE: self.device_tag or self.device,
+        }
+
+    def _prepare(
+        self, ot: optuna.Trial, heartbeat: TrialHeartbeat, replicate: Mapping[str, Any] | None
+    ) -> Trial:
+        """Sample the configuration (or take a finalist's, for a replicate), open the trial's
+        MLflow run, seed: the objective's input."""
+        from tuner.export import OptimizerConfig
+        from tuner.space import sample_config
+
+        sf = self.study_file
+        if replicate is None:
+            config = sample_config(ot, sf.search)
+        else:  # a finalist's configuration again, with a fresh seed (tuner.compare)
+            config = OptimizerConfig.from_dict(replicate["config"])
+        heartbeat.write_soon({ATTR.CONFIG: config.to_dict()})
+        recorder = self.tracker.start_trial(
+            number=ot.number,
+            params=_flat_params(config.to_dict()),
+            tags={
+                **_replicate_tags(replicate),
+                "tuner.trial_number": str(ot.number),
+                "tuner.optimizer": config.optimizer,
+                "tuner.schedule": str(config.schedule.get("name")),
+                "tuner.worker_host": self.host,
+                "tuner.device": self.device_tag or self.device,
+            },
+        )
+        seed = trial_seed(_sampler_seed(sf), ot.number)
+        if replicate is not None:
+            seed = int(replicate["seed"])
+        _seed_everything(seed)
+        number = ot.number
+        return Trial(
+            optuna=ot,
+            config=config,
+            device=self.device,
+            max_epochs=sf.budget.epochs,
+            params=dict(sf.params),
+            seed=seed,
+            metric=sf.metric,
+            direction=sf.direction,
+            recorder=recorder,
+            prune=replicate is None,  # a replicate runs to the end, whatever the pruner says
+            on_report=lambda step, value: self._emit("step", number=number, step=step),
+        )
+
+    def _call_objective(self, trial: Trial) -> _Ending:
+        """The objective's outcome: every way it can end, as data."""
+        if self._interrupted:  # the signal came between reserving and starting
+            return _interruption(KeyboardInterrupt())
+        self._trial_started = time.monotonic()
+        self._in_objective = True
+        try:
+            returned = self.objective(trial)
+        except TrialDiverged as exc:
+            return _Ending(Outcome.DIVERGED, reason=exc.reason, diverged_step=exc.step)
+        except optuna.TrialPruned as exc:
+            return _Ending(Outcome.PRUNED, reason=str(exc) or None)
+        except (KeyboardInterrupt, _CutShort) as exc:
+            return _interruption(exc)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # trial.report() on a trial that another process failed while this one was silent.
+            return _Ending(Outcome.LOST, reason=LOST_REASON)
+        except SystemExit as exc:
+            # A worker that exits costs more than the trial; the objective asked to stop, so
+            # this trial fails and the worker goes on.
+            return _failure(exc, prefix=f"the objective called sys.exit({exc.code!r}): ")
+        except Exception as exc:
+            return _failure(exc)
+        finally:
+            self._in_objective = False
+            self._trial_started = None
+        try:
+            value = _as_value(returned)
+        except TypeError as exc:
+            return _failure(exc)
+        if not math.isfinite(value):
+            return _Ending(Outcome.DIVERGED, reason=f"the objective returned {value}")
+        return _Ending(Outcome.COMPLETE, value=value)
+
+    def _log_ending(self, number: int, ending: _Ending) -> None:
+        if ending.outcome == Outcome.FAILED:
             _free_device_memory()
             log.warning(
-                "trial %d failed: %s (traceback kept in the study database)", ot.number, reason
+                "trial %d failed: %s (traceback kept in the study database)", number, ending.reason
             )
-        elif outcome == "diverged":
-            log.debug("trial %d diverged: %s", ot.number, reason)
-        if outcome == "interrupted":
-            raise KeyboardInterrupt
-        return TrialResult(ot.number, outcome, value, reason, duration)
+        elif ending.outcome == Outcome.DIVERGED:
+            log.debug("trial %d diverged: %s", number, ending.reason)
+        elif ending.outcome == Outcome.LOST:
+            log.warning("trial %d: %s", number, LOST_REASON)
 
     def _record(
         self,
         ot: optuna.Trial,
         trial: Trial | None,
-        outcome: str,
-        value: float | None,
-        reason: str | None,
-        tb: str | None,
-        diverged_step: int | None,
+        ending: _Ending,
         duration: float,
         unwritten: Mapping[str, Any],
-    ) -> None:
+    ) -> bool:
+        """Write the trial's outcome; False when another process already ended the trial."""
+        if ending.outcome == Outcome.LOST:
+            return False
         # The outcome and whatever the heartbeat thread had not written yet: one commit.
         attrs: dict[str, Any] = {
             **unwritten,
-            ATTR.OUTCOME: outcome,
+            ATTR.OUTCOME: ending.outcome.value,
             ATTR.DURATION: round(duration, 3),
         }
-        if reason:
-            attrs[ATTR.REASON] = reason[:2000]
-        if tb:
-            attrs[ATTR.TRACEBACK] = tb[-8000:]
-        set_user_attrs(ot, attrs)
-        if outcome == "complete":
-            tell(self.study, ot, value)
-        elif outcome == "pruned":
+        if ending.reason:
+            attrs[ATTR.REASON] = ending.reason[:2000]
+        if ending.traceback:
+            attrs[ATTR.TRACEBACK] = ending.traceback[-8000:]
+        try:
+            set_user_attrs(ot, attrs)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Failed for silence (the worker was paused or cut off past grace_period) and
+            # queued again: its retry owns the result now.
+            return False
+        outcome = ending.outcome
+        if outcome == Outcome.COMPLETE:
+            tell(self.study, ot, ending.value)
+        elif outcome == Outcome.PRUNED:
             tell(self.study, ot, state=TrialState.PRUNED)
-        elif outcome == "diverged":
+        elif outcome == Outcome.DIVERGED:
             # A pruned trial whose last intermediate value is NaN ranks worst for TPE, so the
             # sampler learns to avoid the region instead of ignoring a failure.
-            if diverged_step is None:
+            if ending.diverged_step is None:
                 last = trial.last_step if trial is not None else None
                 ot.report(float("nan"), 0 if last is None else last + 1)
             tell(self.study, ot, state=TrialState.PRUNED)
@@ -415,8 +491,66 @@ class Worker:
             tell(self.study, ot, state=TrialState.FAIL)
             # The same configuration runs again when the study resumes; a replicate is
             # missing again, and tuner.compare queues it.
-            if outcome == "interrupted" and REPLICATE_ATTR not in ot.user_attrs:
+            if outcome == Outcome.INTERRUPTED and REPLICATE_ATTR not in ot.user_attrs:
                 self.study.enqueue_trial(ot.params, user_attrs={ATTR.RETRY_OF: ot.number})
+        return True
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a trial ended, before it is recorded."""
+
+    outcome: Outcome
+    value: float | None = None
+    reason: str | None = None
+    traceback: str | None = None
+    diverged_step: int | None = None
+    deadline: bool = False  # interrupted by budget.timeout's grace, not by a signal
+
+
+class _CutShort(BaseException):
+    """Raised in the objective at the watchdog's request (a BaseException, so that an
+    objective's ``except Exception`` does not swallow it)."""
+
+    def __init__(self, outcome: Outcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+def _interruption(exc: BaseException) -> _Ending:
+    if isinstance(exc, _CutShort):
+        return _Ending(exc.outcome, reason=exc.reason, deadline=exc.outcome == Outcome.INTERRUPTED)
+    return _Ending(Outcome.INTERRUPTED, reason="interrupted (Ctrl-C or SIGTERM)")
+
+
+def _failure(exc: BaseException, prefix: str = "") -> _Ending:
+    return _Ending(
+        Outcome.FAILED,
+        reason=redact_url(f"{prefix}{type(exc).__name__}: {exc}"),
+        traceback=redact_url(traceback.format_exc()),
+    )
+
+
+def timed_out_reason(seconds: float) -> str:
+    """The reason recorded for a trial stopped by ``budget.trial_timeout``."""
+    from tuner.durations import format_duration
+
+    return f"timed out after {format_duration(seconds)} (budget.trial_timeout)"
+
+
+def _parent_gone() -> None:
+    """The supervisor died (SIGKILL): stop as on SIGTERM, so the running trial is queued again.
+
+    Nobody reads this worker's output any more: it goes to /dev/null, so that writing a log
+    line cannot fail on a broken pipe while the trial is being recorded.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            os.dup2(devnull, fd)
+    os.close(devnull)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _replicate_tags(replicate: Mapping[str, Any] | None) -> dict[str, str]:

@@ -397,6 +397,7 @@ def open_storage(
     failed_trial_callback: FailedTrialCallback | None = None,
     connect_timeout: float = 10.0,
     retry_attempts: int = DEFAULT_ATTEMPTS,
+    create: bool = True,
 ) -> RetryingRDBStorage:
     """Open (and create the tables of) the study database at ``url``.
 
@@ -405,7 +406,9 @@ def open_storage(
     the workers of one machine can share one file. Every storage call is retried on transient
     errors (``retry_attempts``; 1 disables retries). ``heartbeat_interval``, ``grace_period``
     and ``failed_trial_callback`` (called with each stale trial that the heartbeat check fails)
-    go to Optuna's heartbeat mechanism.
+    go to Optuna's heartbeat mechanism. With ``create=False`` nothing is created: a missing
+    SQLite file or a database without Optuna's tables is a StorageError (for the commands that
+    only read a study: ``status``, ``best``, ``report``).
 
     Raises :class:`~tuner.errors.StorageError` when the database cannot be reached or used; its
     message names the redacted URL, the dialect and the reason, with a hint, never a password.
@@ -440,6 +443,9 @@ def open_storage(
         )
     if error is not None:
         raise error
+    if not create:
+        _check_exists(url, normalized, dialect)
+        kwargs["skip_table_creation"] = True
     try:
         with warnings.catch_warnings():
             # tuner relies on heartbeats on purpose; Optuna flags the argument as experimental.
@@ -450,12 +456,15 @@ def open_storage(
                     engine_kwargs=_engine_kwargs(normalized, dialect, connect_timeout),
                     **kwargs,
                 )
+                if dialect == "sqlite" and create and _sqlite_path(normalized) is not None:
+                    _use_wal(storage)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         reason = _reason(exc, url)
         error = StorageError(
             f"cannot open the study storage {redact_url(url)} ({dialect}): {reason}",
             hint=_hint(exc, dialect, reason, url),
         )
+        error.transient = is_transient_error(exc)
     except ImportError as exc:
         error = StorageError(
             f"cannot open the study storage {redact_url(url)} ({dialect}): "
@@ -472,9 +481,21 @@ def open_storage(
     if error is not None:
         raise error
     storage.retry_attempts = retry_attempts
-    if dialect == "sqlite" and _sqlite_path(normalized) is not None:
-        _use_wal(storage)
     return storage
+
+
+def _check_exists(url: str, normalized: str, dialect: str) -> None:
+    """For ``create=False``: an SQLite file that is not there is an error, never a new file."""
+    if dialect != "sqlite":
+        return  # a server database: Optuna's missing tables surface when the study is read
+    path = _sqlite_path(normalized)
+    if path is not None and not os.path.isfile(path):
+        raise StorageError(
+            f"the study storage {redact_url(url)} does not exist: no file {path} "
+            f"(working directory {os.getcwd()})",
+            hint="run the command from the folder where the study was launched, or run "
+            "`tuner launch` first",
+        )
 
 
 def _use_wal(storage: RDBStorage) -> None:
@@ -496,8 +517,17 @@ def _use_wal(storage: RDBStorage) -> None:
 
 @contextlib.contextmanager
 def _schema_lock(url: str, dialect: str, connect_timeout: float) -> Iterator[None]:
-    """Serialize Optuna's table creation on PostgreSQL: workers that open an empty database at
-    the same moment otherwise collide in CREATE TABLE (duplicate key in pg_type)."""
+    """Serialize Optuna's table creation: processes that open an empty database at the same
+    moment otherwise collide in CREATE TABLE (PostgreSQL: duplicate key in pg_type; SQLite:
+    "table alembic_version already exists"). SQLite files use the study's lock file."""
+    if dialect == "sqlite":
+        path = _sqlite_path(url)
+        if path is None or not os.path.isdir(os.path.dirname(path)):
+            yield  # no file to share, or no folder: opening it fails with a clear message
+        else:
+            with _file_lock(path, purpose="creating the study tables"):
+                yield
+        return
     if dialect != "postgresql":
         yield
         return
@@ -553,8 +583,13 @@ def _postgres_lock(
         # A dedicated connection in autocommit mode: the session-level lock is held without an
         # open transaction, and is released by the server if this process or its link dies.
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        query = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
         try:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            _wait_for(
+                lambda: bool(conn.execute(query, {"key": key}).scalar()),
+                what=f"the budget lock of study {study_name!r} (a PostgreSQL advisory lock)",
+                timeout=LOCK_TIMEOUT,
+            )
         except BaseException:
             conn.invalidate()
             conn.close()
@@ -578,16 +613,57 @@ def _postgres_lock(
         conn.close()
 
 
+# How long a process waits for a lock that another holds before it says so, and in all.
+LOCK_NOTICE_AFTER = 10.0
+LOCK_TIMEOUT = 600.0
+
+
 @contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
+def _file_lock(
+    path: str, *, purpose: str = "reserving a trial", timeout: float | None = None
+) -> Iterator[None]:
     # flock locks belong to the open file description, so threads and processes of this machine
     # exclude each other; they do not reach other machines, hence warn_if_sqlite_shared.
-    with open(f"{path}.lock", "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    lock_path = f"{path}.lock"
+    with open(lock_path, "a") as handle:
+        _wait_for(
+            lambda: _try_flock(handle.fileno()),
+            what=f"the lock file {lock_path} ({purpose})",
+            timeout=LOCK_TIMEOUT if timeout is None else timeout,
+        )
         try:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _wait_for(acquire: Callable[[], bool], *, what: str, timeout: float) -> None:
+    """Poll ``acquire`` until it succeeds; say what is waited for after a while, give up after
+    ``timeout`` seconds with a StorageError instead of freezing every worker."""
+    started = time.monotonic()
+    notice = started + LOCK_NOTICE_AFTER
+    wait = 0.005
+    while not acquire():
+        now = time.monotonic()
+        if now - started >= timeout:
+            raise StorageError(
+                f"gave up after {timeout:.0f}s waiting for {what}: another process holds it",
+                hint="look for a stuck tuner process on this machine (`ps`), or remove the lock "
+                "holder; the lock is released when its process exits",
+            )
+        if now >= notice:
+            _logger.warning("waiting for %s, held by another process (%.0fs)", what, now - started)
+            notice = now + 30.0
+        time.sleep(wait)
+        wait = min(wait * 2, 0.2)
 
 
 @contextlib.contextmanager

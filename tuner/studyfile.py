@@ -165,7 +165,9 @@ class Budget(_Section):
 
     ``trials`` counts finished trials across all workers (complete, pruned and diverged);
     ``timeout`` is an optional wall-clock bound in seconds, written ``90s``, ``30m``, ``2h``,
-    ``1h30m`` or a plain number; ``epochs`` is each trial's maximum resource
+    ``1h30m`` or a plain number (it also bounds running trials: past it they are stopped and
+    queued again); ``trial_timeout`` bounds one trial the same way (a trial running longer is
+    stopped and recorded failed, timed out); ``epochs`` is each trial's maximum resource
     (``trial.max_epochs`` and the pruner's max resource); the study stops once ``max_failures``
     trials have failed, so a crashing objective does not spin forever.
 
@@ -177,8 +179,9 @@ class Budget(_Section):
     timeout: float | None = None
     epochs: _Int = Field(10, ge=1)
     max_failures: _Int = Field(10, ge=1)
+    trial_timeout: float | None = None
 
-    @field_validator("timeout", mode="before")
+    @field_validator("timeout", "trial_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         if value is None:
@@ -284,6 +287,7 @@ class CompareConfig(_Section):
         return value
 
 
+MAX_PER_DEVICE = 64
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _DEVICE_RULE = "must be 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
 
@@ -299,11 +303,14 @@ class WorkersConfig(_Section):
     """
 
     devices: Literal["auto"] | tuple[str, ...] = "auto"
-    per_device: _Int = Field(1, ge=1)
+    # Each worker is a process with its own copy of the model and data: past a few dozen per
+    # device they only compete for the same cores and memory.
+    per_device: _Int = Field(1, ge=1, le=MAX_PER_DEVICE)
     # A worker records a heartbeat every `heartbeat_interval` seconds while a trial runs; a
     # trial silent for `grace_period` seconds is failed (its worker died) and queued again.
-    heartbeat_interval: _Int = Field(10, ge=1)
-    grace_period: _Int = Field(45, ge=2)
+    # Past an hour of silence nobody is watching: a lost trial would wait that long to rerun.
+    heartbeat_interval: _Int = Field(10, ge=1, le=600)
+    grace_period: _Int = Field(45, ge=2, le=3600)
 
     @model_validator(mode="after")
     def _grace_after_heartbeat(self) -> WorkersConfig:
@@ -350,7 +357,7 @@ class StudyFile(_Section):
     direction: Literal["minimize", "maximize"] = "minimize"
     metric: str = Field("value", min_length=1)
     budget: Budget = Field(default_factory=Budget)
-    storage: str = "sqlite:///tuner.db"
+    storage: str = Field("sqlite:///tuner.db", validate_default=True)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     search: Any = Field(None, validate_default=True)
@@ -402,6 +409,7 @@ class StudyFile(_Section):
     def _storage(cls, value: Any) -> Any:
         if isinstance(value, str):
             _check_url(value)
+            value = _absolute_sqlite(value)
         return value
 
     @field_validator("search", mode="before")
@@ -453,6 +461,28 @@ def _check_url(url: str) -> None:
         raise _FieldError(
             f"unknown database dialect {parsed.drivername!r}{hint}, but got {url!r}"
         ) from None
+
+
+def _absolute_sqlite(url: str) -> str:
+    """An SQLite URL with its file made absolute (against the working directory, as SQLAlchemy
+    reads it), once at load: every worker, the budget lock file and an objective that calls
+    ``os.chdir`` then agree on one file. An in-memory database is refused: each worker process
+    would get its own, and the trials would be lost with it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return url
+    database = parsed.database or ""
+    memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    if memory or parsed.query.get("mode") == "memory":
+        raise _FieldError(
+            "must be a database that outlives the process (an SQLite file such as "
+            "sqlite:///tuner.db, or PostgreSQL): each worker of an in-memory database gets its "
+            f"own, and every trial is lost when it exits, but got {url!r}"
+        )
+    if database.startswith("file:"):
+        return url  # a URI filename: SQLite resolves it; left as written
+    path = os.path.abspath(os.path.expanduser(database))
+    return parsed.set(database=path).render_as_string(hide_password=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import optuna
+
+from tuner.keys import ATTR
 
 if TYPE_CHECKING:
     import torch
@@ -85,6 +87,8 @@ class Trial:
     direction: str = "minimize"
     recorder: TrialRecorder | None = None
     prune: bool = True  # False for replicates: they run to the end
+    # Told of every report (step, value): a supervisor's progress display shows the step.
+    on_report: Callable[[int, float], None] | None = field(default=None, repr=False)
     _first_value: float | None = field(default=None, repr=False)
     _last_step: int | None = field(default=None, repr=False)
     _optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
@@ -114,7 +118,7 @@ class Trial:
         optimizer, scheduler = build_optimizer(params, self.config, total_steps, fused=fused)
         self._optimizer = optimizer
         # Kept with the trial so that reports can redraw its learning-rate curve.
-        self.optuna.set_user_attr("tuner:total_steps", int(total_steps))
+        self.optuna.set_user_attr(ATTR.TOTAL_STEPS, int(total_steps))
         if self.recorder is not None:
             optimizer.register_step_post_hook(_LrLogger(self.recorder, total_steps))
         return optimizer, scheduler
@@ -128,6 +132,8 @@ class Trial:
         value = float(value)
         self._last_step = step
         self._log({self.metric: value}, step)
+        if self.on_report is not None:
+            self.on_report(step, value)
         # The value reaches the study database before divergence is raised, so the sampler
         # sees the bad value at the step it happened.
         self.optuna.report(value, step)

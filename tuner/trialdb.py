@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tuner.keys import ATTR, Outcome
 from tuner.storage import DEFAULT_ATTEMPTS, retry
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger("tuner")
 
-OUTCOME_ATTR = "tuner:outcome"
+OUTCOME_ATTR = ATTR.OUTCOME
 
 
 def _find_private_tell() -> Callable[..., Any] | None:
@@ -259,7 +260,7 @@ def budget_counts(study: optuna.Study) -> tuple[dict[TrialState, int], int]:
     """
     storage = rdb_storage(study)
     if storage is None:
-        return count_states(study), count_outcome(study, "failed")
+        return count_states(study), count_outcome(study, Outcome.FAILED.value)
     from sqlalchemy import text
 
     query = text(
@@ -268,7 +269,7 @@ def budget_counts(study: optuna.Study) -> tuple[dict[TrialState, int], int]:
         "WHERE f.study_id = :sid AND f.state = 'FAIL' AND a.key = :key AND a.value_json = :val"
         ") FROM trials WHERE study_id = :sid GROUP BY state"
     )
-    params = {"sid": study._study_id, "key": OUTCOME_ATTR, "val": json.dumps("failed")}
+    params = {"sid": study._study_id, "key": OUTCOME_ATTR, "val": json.dumps(Outcome.FAILED.value)}
 
     def count() -> list[Any]:
         with storage.engine.connect() as conn:
