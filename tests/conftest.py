@@ -44,9 +44,13 @@ REGRESSION = textwrap.dedent(
     """
 )
 
+# The pre-search phase (range test, portfolio) is off here: these studies test other things;
+# tests/test_search.py turns it on.
 SMALL_SEARCH: dict[str, Any] = {
     "optimizers": {"adam": {}, "sgd": {}},
     "schedules": ["constant", "cosine"],
+    "lr_range_test": "off",
+    "portfolio": False,
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from tuner.durations import format_duration, parse_duration
 from tuner.errors import ConfigError
+from tuner.search._pruner import ScheduleMedianPruner
 from tuner.studyfile import (
     PRUNERS,
     SAMPLERS,
@@ -207,7 +208,10 @@ BAD_INPUTS = [
         "unknown-pruner",
         BASE + "pruner: {name: asha}\n",
         {},
-        ["pruner.name: must be one of hyperband, median, none, successive_halving, but got 'asha'"],
+        [
+            "pruner.name: must be one of hyperband, median, none, schedule_median, "
+            "successive_halving, but got 'asha'"
+        ],
     ),
     (
         "option-for-nop-pruner",
@@ -328,7 +332,7 @@ def test_defaults_are_filled(tmp_path: Path) -> None:
     # SQLite paths are made absolute once, at load, against the working directory.
     assert study.storage == f"sqlite:///{Path.cwd() / 'tuner.db'}"
     assert (study.sampler.name, study.sampler.options) == ("tpe", {})
-    assert (study.pruner.name, study.pruner.options) == ("hyperband", {})
+    assert (study.pruner.name, study.pruner.options) == ("schedule_median", {})
     assert study.params == {}
     assert (study.mlflow.tracking_uri, study.mlflow.experiment) == ("sqlite:///mlflow.db", "demo")
     assert (study.workers.devices, study.workers.per_device) == ("auto", 1)
@@ -507,11 +511,14 @@ def test_make_sampler_bad_kwarg_names_the_key() -> None:
 
 
 def test_every_pruner_is_tested() -> None:
-    assert set(PRUNERS) == {"hyperband", "median", "successive_halving", "none"}
+    assert set(PRUNERS) == {"schedule_median", "hyperband", "median", "successive_halving", "none"}
 
 
-def test_hyperband_by_default_with_the_epoch_budget() -> None:
-    pruner = make_pruner(PrunerConfig(), max_resource=20)
+def test_schedule_median_by_default_with_the_epoch_budget() -> None:
+    default = make_pruner(PrunerConfig(), max_resource=20)
+    assert type(default) is ScheduleMedianPruner
+    assert default.rung_steps == (3, 9)  # 20% and 50% of 20 epochs
+    pruner = make_pruner(PrunerConfig(name="hyperband"), max_resource=20)
     assert type(pruner) is optuna.pruners.HyperbandPruner
     assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (1, 20, 3)
     custom = make_pruner(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ import optuna
 from tuner.errors import ConfigError, ObjectiveError
 from tuner.progress import result_line
 from tuner.runner import Worker
+from tuner.search import worker_index
 from tuner.session import open_session as _open_session
 from tuner.session import open_study_storage
 from tuner.storage import redact_url
 from tuner.summary import StudySummary, mlflow_view, summarize
+from tuner.supervisor import WORKER_INDEX_ENV
 
 if TYPE_CHECKING:
     from tuner.studyfile import StudyFile
@@ -41,6 +44,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("tuner")
+
 
 Echo = Callable[[str], None]
 
@@ -160,7 +164,13 @@ def run_worker(
     if device is None:
         device = resolve_slots(study_file.workers.devices, 1)[0].tag
     _check_device(device)
-    session = _open_session(study_file, patience=STARTUP_PATIENCE)
+    # launch numbers its workers; a worker started by hand on another machine takes a number
+    # from its host and pid, so no two workers share a sampler seed.
+    index = os.environ.get(WORKER_INDEX_ENV, "")
+    worker = (
+        int(index) if index.isdigit() else worker_index(f"{socket.gethostname()}/{os.getpid()}")
+    )
+    session = _open_session(study_file, patience=STARTUP_PATIENCE, worker=worker)
     study, tracker = session.study, session.tracker
     if deadline is None and study_file.budget.timeout:
         deadline = time.time() + study_file.budget.timeout

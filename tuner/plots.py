@@ -27,6 +27,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from tuner.keys import ATTR
+
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
@@ -46,7 +48,7 @@ MIN_POINTS = 5
 # Points further than this many interquartile ranges outside the quartiles are off-scale.
 FENCE = 3.0
 
-_CONFIG = "tuner:config"
+_CONFIG = ATTR.CONFIG
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def _warmup_fraction(t: FrozenTrial) -> float | None:
         return 0.0
     if "fraction" in warmup:
         return float(warmup["fraction"])
-    total = t.user_attrs.get("tuner:total_steps")
+    total = t.user_attrs.get(ATTR.TOTAL_STEPS)
     if isinstance(total, int) and total > 0 and "steps" in warmup:
         return float(warmup["steps"]) / total
     return None

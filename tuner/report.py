@@ -38,6 +38,7 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import plots
+from tuner.keys import ATTR, OUTCOMES, Outcome
 from tuner.summary import StudySummary, summarize
 
 if TYPE_CHECKING:
@@ -58,10 +59,10 @@ __all__ = [
 # fANOVA fits a random forest to the trials; below this many the importances are noise.
 MIN_IMPORTANCE_TRIALS = 5
 
-_CONFIG = "tuner:config"
-_OUTCOME = "tuner:outcome"
-_TOTAL_STEPS = "tuner:total_steps"
-_OTHER_OUTCOMES = ("pruned", "diverged", "failed", "interrupted")
+_CONFIG = ATTR.CONFIG
+_OUTCOME = ATTR.OUTCOME
+_TOTAL_STEPS = ATTR.TOTAL_STEPS
+_OTHER_OUTCOMES = tuple(o for o in OUTCOMES if o != Outcome.COMPLETE.value)
 _OUTCOME_STYLE = {  # marker, colour
     "pruned": ("v", "0.45"),
     "diverged": ("x", "tab:red"),
@@ -140,7 +141,7 @@ def write_report(
     # The search's plots show the search; the replicates have their own (tuner.compare).
     trials = [t for t in all_trials if not is_replicate(t)]
     direction = study.direction.name.lower()
-    metric = str(study.user_attrs.get("tuner:metric", "value"))
+    metric = str(study.user_attrs.get(ATTR.METRIC, "value"))
     compare = compare or CompareConfig()
     summary = summarize(study, budget=budget, compare=compare)
     answer = summary.answer or compute_answer(study, compare, trials=all_trials)

@@ -44,6 +44,7 @@ from tuner.trialdb import (
 )
 
 if TYPE_CHECKING:
+    from tuner.space import SearchSpace
     from tuner.studyfile import StudyFile
     from tuner.tracking import Tracker
 
@@ -115,6 +116,9 @@ class Worker:
     _tracking_mark: int | None = field(default=None, repr=False)
     _interrupted: bool = field(default=False, repr=False)
     _next_stale_check: float = field(default=0.0, repr=False)
+    _space: SearchSpace | None = field(default=None, repr=False)
+    _trials_run: int = field(default=0, repr=False)
+    _typical: float | None = field(default=None, repr=False)
     _trial_started: float | None = field(default=None, repr=False)
     _cut_short: _CutShort | None = field(default=None, repr=False)
 
@@ -126,6 +130,7 @@ class Worker:
         interrupted (and queued to run again).
         """
         with self._signals(), self._watchdog():
+            self._space = self._prepare_search()
             while not self.stop.is_set():
                 if self._interrupted:
                     raise KeyboardInterrupt
@@ -171,6 +176,31 @@ class Worker:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _prepare_search(self) -> SearchSpace:
+        """The range test and the portfolio (:mod:`tuner.search`), once per study."""
+        from tuner.search import prepare_search
+
+        budget = self.study_file.budget
+        counts, _ = budget_counts(self.study)
+        finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+        if finished >= budget.trials:
+            return self.study_file.search  # nothing left to search: no probe either
+        self._in_objective = True  # the probes run the objective: Ctrl-C interrupts them
+        try:
+            return prepare_search(
+                self.study,
+                self.study_file,
+                self.objective,
+                lock=lambda: budget_lock(
+                    rdb_storage(self.study) or self.study_file.storage, self.study.study_name
+                ),
+                device=self.device,
+                stop=self.stop,
+                poll_interval=self.poll_interval,
+            )
+        finally:
+            self._in_objective = False
 
     @contextlib.contextmanager
     def _watchdog(self) -> Iterator[None]:
@@ -254,6 +284,21 @@ class Worker:
             if self.deadline is not None and time.time() >= self.deadline:
                 return "timeout"
             self._check_stale()
+
+    def _typical_value(self) -> float | None:
+        """The median magnitude of the study's complete values: divergence's scale floor.
+
+        Refreshed every 10 trials of this worker; the median moves slowly.
+        """
+        if self._trials_run % 10 == 0:
+            values = sorted(
+                abs(t.value)
+                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value)
+            )
+            self._typical = values[len(values) // 2] if values else None
+        self._trials_run += 1
+        return self._typical
 
     def _replicate_phase(
         self, finished: int, running: int
@@ -368,7 +413,7 @@ class Worker:
 
         sf = self.study_file
         if replicate is None:
-            config = sample_config(ot, sf.search)
+            config = sample_config(ot, self._space or sf.search)
         else:  # a finalist's configuration again, with a fresh seed (tuner.compare)
             config = OptimizerConfig.from_dict(replicate["config"])
         heartbeat.write_soon({ATTR.CONFIG: config.to_dict()})
@@ -399,6 +444,7 @@ class Worker:
             metric=sf.metric,
             direction=sf.direction,
             recorder=recorder,
+            typical_value=self._typical_value(),
             prune=replicate is None,  # a replicate runs to the end, whatever the pruner says
             on_report=lambda step, value: self._emit("step", number=number, step=step),
         )

@@ -57,17 +57,18 @@ class Session:
         self.tracker.close(timeout=timeout)
 
 
-def open_session(study_file: StudyFile, *, patience: float = 0.0) -> Session:
+def open_session(study_file: StudyFile, *, patience: float = 0.0, worker: int = 0) -> Session:
     """Open (creating what is missing) the storage, the study and the MLflow parent run.
 
     A storage that cannot be reached is retried for ``patience`` seconds when the error is
     transient (a PostgreSQL restart): a worker started meanwhile waits instead of dying.
+    ``worker`` is this worker's number: its sampler's seed derives from it.
     """
     give_up = time.monotonic() + patience
     wait = 1.0
     while True:
         try:
-            return _open_once(study_file)
+            return _open_once(study_file, worker)
         except StorageError as exc:
             if not exc.transient or time.monotonic() + wait > give_up:
                 raise
@@ -76,12 +77,12 @@ def open_session(study_file: StudyFile, *, patience: float = 0.0) -> Session:
             wait = min(wait * 2, 10.0)
 
 
-def _open_once(study_file: StudyFile) -> Session:
+def _open_once(study_file: StudyFile, worker: int = 0) -> Session:
     from tuner.tracking import make_tracker
 
     tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
     storage = open_study_storage(study_file, tracker)
-    study = open_study(study_file, storage)
+    study = open_study(study_file, storage, worker=worker)
     existing = study.user_attrs.get(ATTR.PARENT_RUN)
     parent = tracker.open_study(
         study_name=study_file.name,
@@ -101,10 +102,15 @@ def _open_once(study_file: StudyFile) -> Session:
     return Session(study_file, storage, study, tracker)
 
 
-def open_study(study_file: StudyFile, storage: optuna.storages.BaseStorage) -> optuna.Study:
+def open_study(
+    study_file: StudyFile, storage: optuna.storages.BaseStorage, *, worker: int = 0
+) -> optuna.Study:
     """Create the study, or load it when a study of that name exists (resume, other workers).
 
-    This process's sampler and pruner are built here, from the study file.
+    This process's sampler and pruner are built here, from the study file. ``worker`` is this
+    worker's number: its sampler's seed derives from the study's (worker 0 keeps it), so
+    parallel workers never draw the same sequence; TPE gets tuner's settings for the
+    conditional space (:mod:`tuner.search._sampler`).
     """
     from tuner.studyfile import make_pruner, make_sampler
 
@@ -112,7 +118,7 @@ def open_study(study_file: StudyFile, storage: optuna.storages.BaseStorage) -> o
         storage=storage,
         study_name=study_file.name,
         direction=study_file.direction,
-        sampler=make_sampler(study_file.sampler),
+        sampler=make_sampler(study_file.sampler, worker=worker, trials=study_file.budget.trials),
         pruner=make_pruner(study_file.pruner, max_resource=study_file.budget.epochs),
         load_if_exists=True,
     )

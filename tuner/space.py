@@ -40,7 +40,7 @@ __all__ = [
     "sample_config",
 ]
 
-_SEARCH_KEYS = ("optimizers", "schedules", "warmup")
+_SEARCH_KEYS = ("optimizers", "schedules", "warmup", "lr_range_test", "portfolio")
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,19 @@ class WarmupSearch:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """What a study searches. ``warmup`` None means no warmup."""
+    """What a study searches. ``warmup`` None means no warmup.
+
+    ``lr_range_test`` probes each optimizer whose ``lr`` is not in ``user_lr`` (the study file
+    set it) before the search; ``portfolio`` runs known-good configurations first
+    (:mod:`tuner.search`).
+    """
 
     optimizers: tuple[OptimizerSearch, ...]
     schedules: tuple[ScheduleSearch, ...]
     warmup: WarmupSearch | None
+    lr_range_test: bool = True
+    portfolio: bool = True
+    user_lr: frozenset[str] = frozenset()
 
 
 def parse_search(raw: Mapping[str, Any] | None, *, path: str = "search") -> SearchSpace:
@@ -104,11 +112,35 @@ def parse_search(raw: Mapping[str, Any] | None, *, path: str = "search") -> Sear
             f"{path}.{unknown[0]}: unknown key; `search` takes {', '.join(_SEARCH_KEYS)}, "
             f"but got {unknown[0]!r}"
         )
+    optimizers = raw.get("optimizers")
+    user_lr = (
+        frozenset(k for k, v in optimizers.items() if isinstance(v, Mapping) and "lr" in v)
+        if isinstance(optimizers, Mapping)
+        else frozenset()
+    )
     return SearchSpace(
-        _parse_optimizers(raw.get("optimizers"), f"{path}.optimizers"),
+        _parse_optimizers(optimizers, f"{path}.optimizers"),
         _parse_schedules(raw.get("schedules"), f"{path}.schedules"),
         _parse_warmup(raw.get("warmup"), f"{path}.warmup"),
+        lr_range_test=_parse_switch(
+            raw.get("lr_range_test", "auto"), f"{path}.lr_range_test", ("auto", "off")
+        ),
+        portfolio=_parse_switch(raw.get("portfolio", True), f"{path}.portfolio", (True, False)),
+        user_lr=user_lr,
     )
+
+
+def _parse_switch(raw: Any, path: str, allowed: tuple[Any, Any]) -> bool:
+    """``auto``/``off`` or ``true``/``false``: on is the first of ``allowed``.
+
+    YAML 1.1 reads a bare ``off`` as False and ``on`` as True, so those are accepted too.
+    """
+    on, off = allowed
+    if raw is True or raw == on:
+        return True
+    if raw is False or raw == off:
+        return False
+    raise ConfigError(f"{path}: must be {on!r} or {off!r}, but got {raw!r}")
 
 
 def _domains(

@@ -48,6 +48,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from tuner.durations import parse_duration
 from tuner.errors import ConfigError, ObjectiveError
 from tuner.objective import split_objective_spec
+from tuner.search._pruner import ScheduleMedianPruner
 from tuner.storage import redact_url
 
 __all__ = [
@@ -101,6 +102,7 @@ SAMPLERS: dict[str, Plugin] = {
 """Sampler name in the study file -> the Optuna sampler it builds."""
 
 PRUNERS: dict[str, Plugin] = {
+    "schedule_median": Plugin(ScheduleMedianPruner),
     "hyperband": Plugin(optuna.pruners.HyperbandPruner),
     "median": Plugin(optuna.pruners.MedianPruner),
     "successive_halving": Plugin(optuna.pruners.SuccessiveHalvingPruner),
@@ -231,8 +233,8 @@ class PrunerConfig(_PluginSection):
     """
 
     registry: ClassVar[Mapping[str, Plugin]] = PRUNERS
-    default: ClassVar[str] = "hyperband"
-    name: str = "hyperband"
+    default: ClassVar[str] = "schedule_median"
+    name: str = "schedule_median"
 
 
 class MlflowConfig(_Section):
@@ -489,13 +491,29 @@ def _absolute_sqlite(url: str) -> str:
 # Building samplers and pruners
 
 
-def make_sampler(cfg: SamplerConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    cfg: SamplerConfig, *, worker: int = 0, trials: int | None = None
+) -> optuna.samplers.BaseSampler:
     """Build the Optuna sampler for ``cfg``; a bad option is a ConfigError naming ``sampler.<key>``.
+
+    ``worker`` derives this worker's seed from the study's (worker 0 keeps it); with ``trials``
+    TPE gets tuner's settings for the conditional space (:mod:`tuner.search._sampler`) unless
+    the study file sets them.
 
     >>> make_sampler(SamplerConfig(name="random", options={"seed": 0})).__class__.__name__
     'RandomSampler'
     """
-    return _build("sampler", SAMPLERS, cfg.name, dict(cfg.options))
+    from tuner.search import tpe_defaults, worker_seed
+
+    options = dict(cfg.options)
+    if cfg.name == "tpe" and trials is not None:
+        options = {**tpe_defaults(trials), **options}
+    if isinstance(options.get("seed"), int):
+        options["seed"] = worker_seed(options["seed"], worker)
+    with warnings.catch_warnings():
+        # multivariate/group TPE are marked experimental; tuner chose them knowingly.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _build("sampler", SAMPLERS, cfg.name, options)
 
 
 def make_pruner(cfg: PrunerConfig, *, max_resource: int) -> optuna.pruners.BasePruner:
@@ -504,7 +522,7 @@ def make_pruner(cfg: PrunerConfig, *, max_resource: int) -> optuna.pruners.BaseP
     Pruners that take a resource range get ``min_resource=1`` and ``max_resource`` (the study's
     ``budget.epochs``) unless the study file sets them.
 
-    >>> make_pruner(PrunerConfig(), max_resource=20)._max_resource
+    >>> make_pruner(PrunerConfig(), max_resource=20).max_resource
     20
     """
     plugin = PRUNERS.get(cfg.name)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.keys import ATTR
+
 if TYPE_CHECKING:
     from tuner.compare import Answer
     from tuner.studyfile import CompareConfig
@@ -49,6 +51,8 @@ class StudySummary:
     per_optimizer: list[BestOf] = field(default_factory=list)
     running: list[FrozenTrial] = field(default_factory=list)
     stop_reason: str | None = None
+    search_notes: list[str] = field(default_factory=list)
+    range_test_epochs: float | None = None
     answer: Answer | None = None  # DESIGN §8; replicates are not in the counts above
     mlflow_view: str | None = None  # how to open the study's runs in the MLflow UI
 
@@ -66,6 +70,7 @@ class StudySummary:
         order = ("complete", "pruned", "diverged", "failed", "interrupted", "running", "waiting")
         by_outcome = ", ".join(f"{k} {self.counts[k]}" for k in order if self.counts.get(k))
         lines.append(f"  by outcome        {by_outcome or 'none yet'}")
+        lines.extend(f"  {note}" for note in self.search_notes)
         answer = self.answer
         if answer is not None and answer.replicates_planned:
             lines.append(
@@ -99,8 +104,8 @@ class StudySummary:
             now = time.time()
             for t in self.running:
                 started = t.datetime_start.timestamp() if t.datetime_start else now
-                host = t.user_attrs.get("tuner:worker_host", "?")
-                device = t.user_attrs.get("tuner:device", "?")
+                host = t.user_attrs.get(ATTR.HOST, "?")
+                device = t.user_attrs.get(ATTR.DEVICE, "?")
                 lines.append(
                     f"    trial {t.number:<5} on {host} {device:<8} "
                     f"for {format_duration(now - started)}"
@@ -119,20 +124,21 @@ def summarize(
     trials = [t for t in all_trials if not is_replicate(t)]
     counts: dict[str, int] = {}
     for t in trials:
-        outcome = t.user_attrs.get("tuner:outcome") or _OUTCOME_OF_STATE[t.state]
+        outcome = t.user_attrs.get(ATTR.OUTCOME) or _OUTCOME_OF_STATE[t.state]
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             outcome = _OUTCOME_OF_STATE[t.state]
-        elif t.state == TrialState.FAIL and "tuner:outcome" not in t.user_attrs:
+        elif t.state == TrialState.FAIL and ATTR.OUTCOME not in t.user_attrs:
             outcome = "interrupted"  # its worker died mid-trial; a retry was queued
         counts[outcome] = counts.get(outcome, 0) + 1
     summary = StudySummary(
         name=study.study_name,
         direction=study.direction.name.lower(),
-        metric=str(study.user_attrs.get("tuner:metric", "value")),
+        metric=str(study.user_attrs.get(ATTR.METRIC, "value")),
         budget=budget,
         counts=counts,
         running=[t for t in all_trials if t.state == TrialState.RUNNING],
     )
+    _search_notes(summary, study.user_attrs)
     if compare is not None:
         summary.answer = compute_answer(study, compare, trials=all_trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
@@ -142,10 +148,10 @@ def summarize(
     best = better(complete, key=lambda t: t.value)
     summary.best_value = best.value
     summary.best_number = best.number
-    summary.best_config = best.user_attrs.get("tuner:config")
+    summary.best_config = best.user_attrs.get(ATTR.CONFIG)
     by_opt: dict[str, list[FrozenTrial]] = {}
     for t in complete:
-        name = (t.user_attrs.get("tuner:config") or {}).get("optimizer", "?")
+        name = (t.user_attrs.get(ATTR.CONFIG) or {}).get("optimizer", "?")
         by_opt.setdefault(name, []).append(t)
     rows = [
         BestOf(name, (b := better(ts, key=lambda t: t.value)).value, b.number, len(ts))
@@ -153,6 +159,21 @@ def summarize(
     ]
     summary.per_optimizer = sorted(rows, key=lambda r: r.value, reverse=better is max)
     return summary
+
+
+def _search_notes(summary: StudySummary, attrs: dict[str, Any]) -> None:
+    """What the pre-search phase did: the range test's findings and the portfolio."""
+    from tuner.search import PORTFOLIO_ATTR, RANGE_TEST_ATTR, describe_range_test
+
+    test = attrs.get(RANGE_TEST_ATTR)
+    summary.search_notes = describe_range_test(test)
+    if test and not test.get("skipped"):
+        summary.range_test_epochs = float(test.get("epochs", 0.0))
+    portfolio = attrs.get(PORTFOLIO_ATTR)
+    if portfolio:
+        summary.search_notes.append(
+            f"portfolio: {len(portfolio)} known-good first trials ({', '.join(portfolio)})"
+        )
 
 
 def format_duration(seconds: float) -> str:

@@ -21,8 +21,10 @@ __all__ = ["DIVERGENCE_FACTOR", "Trial", "TrialDiverged", "TrialPruned"]
 
 TrialPruned = optuna.TrialPruned
 
-# A reported value that moves this many times its first magnitude in the wrong direction has
-# blown up: training of that configuration is not coming back, so stop paying for it.
+# A reported value that moves, in the wrong direction, this many times the metric's scale has
+# blown up: training of that configuration is not coming back, so stop paying for it. The scale
+# is the largest magnitude the trial reported before, or the study's typical value if larger;
+# never a first value near zero alone (a metric that starts at 0 and rises is not diverged).
 DIVERGENCE_FACTOR = 100.0
 
 
@@ -86,10 +88,12 @@ class Trial:
     metric: str = "value"
     direction: str = "minimize"
     recorder: TrialRecorder | None = None
+    typical_value: float | None = None
     prune: bool = True  # False for replicates: they run to the end
     # Told of every report (step, value): a supervisor's progress display shows the step.
     on_report: Callable[[int, float], None] | None = field(default=None, repr=False)
     _first_value: float | None = field(default=None, repr=False)
+    _largest: float = field(default=0.0, repr=False)
     _last_step: int | None = field(default=None, repr=False)
     _optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
 
@@ -159,11 +163,14 @@ class Trial:
             raise TrialDiverged(f"{self.metric} is {value} at step {step}", step=step)
         if self._first_value is None:
             self._first_value = value
+            self._largest = abs(value)
             return
         first = self._first_value
+        scale = max(self._largest, abs(self.typical_value or 0.0))
         worse_by = value - first if self.direction == "minimize" else first - value
-        if worse_by > DIVERGENCE_FACTOR * max(abs(first), 1e-8):
+        if scale > 0 and worse_by > DIVERGENCE_FACTOR * scale:
             raise TrialDiverged(
                 f"{self.metric} exploded from {first:.6g} to {value:.6g} at step {step}",
                 step=step,
             )
+        self._largest = max(self._largest, abs(value))

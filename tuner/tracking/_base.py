@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from tuner.keys import ATTR, Outcome
 from tuner.redact import redact
 
 __all__ = [
@@ -29,15 +30,15 @@ __all__ = [
 ]
 
 #: The Optuna study user attr that keeps the parent run id across processes and resumes.
-PARENT_RUN_ATTR = "tuner:mlflow_parent_run_id"
+PARENT_RUN_ATTR = ATTR.PARENT_RUN
 
 #: Run status per trial outcome (DESIGN §6): a pruned trial is a normal end, a diverged one is not.
 OUTCOME_STATUS: dict[str, str] = {
-    "complete": "FINISHED",
-    "pruned": "FINISHED",
-    "failed": "FAILED",
-    "diverged": "FAILED",
-    "interrupted": "KILLED",
+    Outcome.COMPLETE.value: "FINISHED",
+    Outcome.PRUNED.value: "FINISHED",
+    Outcome.FAILED.value: "FAILED",
+    Outcome.DIVERGED.value: "FAILED",
+    Outcome.INTERRUPTED.value: "KILLED",
 }
 OUTCOMES = frozenset(OUTCOME_STATUS)
 
@@ -114,6 +115,11 @@ def study_results(summary: Any) -> tuple[dict[str, float], dict[str, str | bytes
         metrics["best_trial"] = float(summary.best_number or 0)
     if summary.best_config is not None:
         artifacts["best_config.yaml"] = yaml.safe_dump(summary.best_config, sort_keys=False)
+    # What the pre-search phase found (tuner.search): the range test and the portfolio.
+    if getattr(summary, "range_test_epochs", None) is not None:
+        metrics["lr_range_test_epochs"] = float(summary.range_test_epochs)
+    if getattr(summary, "search_notes", None):
+        artifacts["search_setup.txt"] = "\n".join(summary.search_notes) + "\n"
     return metrics, artifacts
 
 

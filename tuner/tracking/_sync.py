@@ -26,6 +26,7 @@ from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.keys import ATTR
 from tuner.redact import redact
 from tuner.tracking._base import (
     OUTCOME_STATUS,
@@ -55,11 +56,11 @@ _STATE_OUTCOME = {
     TrialState.FAIL: "failed",
 }
 # Optuna user attrs written by the runner (read when present).
-_CONFIG_ATTR = "tuner:config"
-_OUTCOME_ATTR = "tuner:outcome"
-_HOST_ATTR = "tuner:worker_host"
-_DEVICE_ATTR = "tuner:device"
-_WORKER_ATTR = "tuner:worker"
+_CONFIG_ATTR = ATTR.CONFIG
+_OUTCOME_ATTR = ATTR.OUTCOME
+_HOST_ATTR = ATTR.HOST
+_DEVICE_ATTR = ATTR.DEVICE
+_WORKER_ATTR = ATTR.WORKER
 # Optuna's retry callbacks list, on each retry, the numbers of the trials it replaces.
 _RETRIED_ATTR = "retry_history"
 

@@ -1,0 +1,366 @@
+"""The search defaults (tuner.search): range test, portfolio, per-worker seeds, pruner, divergence.
+
+Real studies on SQLite files, real torch training on small problems, real worker subprocesses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from tests.conftest import REGRESSION
+from tuner.cli import cli
+from tuner.launch import open_session
+from tuner.runner import Worker
+from tuner.search import (
+    PORTFOLIO_ATTR,
+    PORTFOLIO_ENTRY_ATTR,
+    RANGE_TEST_ATTR,
+    LrProbe,
+    run_probe,
+    worker_seed,
+)
+from tuner.search._pruner import ScheduleMedianPruner
+from tuner.studyfile import StudyFile, load_study_file
+from tuner.trial import Trial, TrialDiverged
+
+ON = {"lr_range_test": "auto", "portfolio": True}
+
+
+def quadratic(curvature: float, per_epoch: int = 70):
+    """Plain GD on 0.5 * sum(c_i x_i^2), c_i in [curvature / 1.26, curvature]: diverges above
+    lr = 2 / curvature."""
+
+    def objective(trial: Trial) -> float:
+        c = torch.logspace(-0.1, 0, 10) * curvature
+        x = torch.nn.Parameter(torch.randn(10, generator=torch.Generator().manual_seed(1)))
+        opt, sched = trial.build_optimizer([x], total_steps=trial.max_epochs * per_epoch)
+        loss = torch.tensor(0.0)
+        for epoch in range(trial.max_epochs):
+            for _ in range(per_epoch):
+                loss = 0.5 * (c * x * x).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+            trial.report(loss.item(), step=epoch)
+        return loss.item()
+
+    return objective
+
+
+def study_file(**search) -> StudyFile:
+    return StudyFile.model_validate(
+        {
+            "name": "q",
+            "objective": "obj.py:objective",
+            "budget": {"trials": 4, "epochs": 10},
+            "search": {"optimizers": ["sgd"], **search},
+        }
+    )
+
+
+@pytest.mark.parametrize("curvature", [0.5, 40.0])
+def test_range_test_finds_gradient_descents_divergence_point_on_a_quadratic(curvature):
+    outcome = run_probe(quadratic(curvature), "sgd", study_file())
+    edge = 2.0 / curvature
+    assert outcome.diverges_at is not None
+    assert edge / 2 <= outcome.diverges_at <= edge * 2, (outcome.diverges_at, edge)
+    # The searched range ends at the divergence point and spans three decades below it.
+    low, high = outcome.range
+    assert high == outcome.diverges_at and math.isclose(low, high / 1000)
+    # It costs at most an epoch and a half of this objective (100 of its 700 steps).
+    assert 0 < outcome.epochs <= 1.5
+
+
+def test_probe_ignores_minibatch_noise_and_stops_on_a_real_blow_up():
+    # Norms that swing 10x at random never trigger; a sustained climb does.
+    probe = LrProbe(1e-4, 10.0, steps=60)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.exp(torch.randn(60, generator=gen) * 1.2).tolist()
+    stopped_at = None
+    for step in range(60):
+        lr = probe.lr_at(step)
+        blow_up = max(1.0, lr / 0.1) ** 3  # grows from lr = 0.1 on
+        if probe.observe(lr, noise[step] * blow_up):
+            stopped_at = step
+            break
+    assert stopped_at is not None and probe.diverges_at is not None
+    assert 0.1 / 3 <= probe.diverges_at <= 0.1 * 3, probe.diverges_at
+
+
+def worker(sf: StudyFile, objective) -> optuna.Study:
+    study, tracker = open_session(sf)
+    Worker(study_file=sf, study=study, objective=objective, tracker=tracker).run()
+    return study
+
+
+class Counting:
+    """The REGRESSION objective, counting its calls."""
+
+    def __init__(self) -> None:
+        namespace: dict = {}
+        exec(compile(REGRESSION, "obj.py", "exec"), namespace)
+        self.inner = namespace["objective"]
+        self.calls = 0
+
+    def __call__(self, trial: Trial) -> float:
+        self.calls += 1
+        return self.inner(trial)
+
+
+def test_range_test_is_stored_shown_and_not_run_again_on_resume(make_study):
+    path = make_study(
+        search={"optimizers": {"adam": {}, "adamw": {}, "sgd": {}}, **ON},
+        budget={"trials": 3},
+    )
+    sf = load_study_file(path)
+    objective = Counting()
+    study = worker(sf, objective)
+    stored = study.user_attrs[RANGE_TEST_ATTR]
+    probed = {f["optimizer"]: f for f in stored["families"]}
+    # One probe per family: adam speaks for adamw too.
+    assert sorted(probed) == ["adam", "sgd"]
+    assert probed["adam"]["members"] == ["adam", "adamw"]
+    assert objective.calls == 2 + 3
+    # Every search trial samples lr from the probed range.
+    for t in study.trials:
+        opt = t.user_attrs["tuner:config"]["optimizer"]
+        family = probed["sgd" if opt == "sgd" else "adam"]
+        dist = t.distributions[f"{opt}.lr"]
+        assert (dist.low, dist.high) == pytest.approx(tuple(family["range"]))
+    assert stored["epochs"] > 0
+
+    # A resumed launch with a larger budget reuses the result: only the new trials run.
+    bigger = load_study_file(path).model_copy(
+        update={"budget": sf.budget.model_copy(update={"trials": 5})}
+    )
+    worker(bigger, objective)
+    assert objective.calls == 2 + 5
+
+    # The summary and `tuner status` show it.
+    out = CliRunner().invoke(cli, ["status", str(path)]).stdout
+    assert "lr range test: 2 probes" in out
+    adam_line = next(line for line in out.splitlines() if line.strip().startswith("adam"))
+    assert "-> searching [" in adam_line and adam_line.endswith("(also sets adamw)")
+    sgd_line = next(line for line in out.splitlines() if line.strip().startswith("sgd"))
+    assert "-> searching [" in sgd_line
+
+
+def test_range_test_off_searches_the_catalog_ranges(make_study):
+    path = make_study(search={"lr_range_test": "off", "portfolio": False})
+    objective = Counting()
+    study = worker(load_study_file(path), objective)
+    assert RANGE_TEST_ATTR not in study.user_attrs
+    assert objective.calls == 4
+    lows = {t.distributions[k].low for t in study.trials for k in t.params if k.endswith(".lr")}
+    assert lows <= {1e-5, 1e-4}  # adam's and sgd's catalog lows
+
+
+NO_BUILD = textwrap.dedent(
+    """
+    import torch
+
+    def objective(trial):
+        model = torch.nn.Linear(2, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)   # not trial.build_optimizer
+        for epoch in range(trial.max_epochs):
+            trial.report(1.0 / (epoch + 1), step=epoch)
+        return 0.5
+    """
+)
+
+
+def test_an_objective_that_cannot_be_probed_falls_back_with_a_clear_message(make_study, caplog):
+    path = make_study(NO_BUILD, search=ON)
+    caplog.set_level(logging.WARNING, logger="tuner")
+    namespace: dict = {}
+    exec(compile(NO_BUILD, "obj.py", "exec"), namespace)
+    study = worker(load_study_file(path), namespace["objective"])
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        "the probe of sgd failed: the objective never called trial.build_optimizer" in m
+        and "catalog's lr range" in m
+        for m in messages
+    ), messages
+    # Probed once: the second family is skipped with the same reason, not run again.
+    assert sum("the probe of" in m for m in messages) == 1
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    lows = {t.distributions[k].low for t in study.trials for k in t.params if k.endswith(".lr")}
+    assert lows <= {1e-5, 1e-4}
+    out = CliRunner().invoke(cli, ["status", str(path)]).stdout
+    assert "probe failed (the objective never called trial.build_optimizer)" in out
+
+
+def test_portfolio_configurations_are_the_first_trials_adapted_to_the_optimizer_set(make_study):
+    path = make_study(
+        search={
+            "optimizers": {"adam": {}, "nesterov": {}, "sgd": {}},
+            "schedules": ["constant", "cosine", "linear"],
+            **ON,
+        },
+        budget={"trials": 6},
+    )
+    study = worker(load_study_file(path), Counting())
+    assert study.user_attrs[PORTFOLIO_ATTR] == ["nesterov-cosine", "adam-constant", "sgd-cosine"]
+    first, second = study.trials[:2]
+    assert first.user_attrs[PORTFOLIO_ENTRY_ATTR] == "nesterov-cosine"
+    cfg = first.user_attrs["tuner:config"]
+    assert cfg["optimizer"] == "nesterov" and cfg["schedule"]["name"] == "cosine"
+    assert cfg["momentum"] == pytest.approx(0.9) and cfg["warmup"]["fraction"] == 0.05
+    # Its rate comes from the range test: 0.3 of the nesterov family's divergence point.
+    families = {f["optimizer"]: f for f in study.user_attrs[RANGE_TEST_ATTR]["families"]}
+    assert cfg["lr"] == pytest.approx(0.3 * families["nesterov"]["range"][1])
+    assert second.user_attrs["tuner:config"]["optimizer"] == "adam"
+    assert second.user_attrs["tuner:config"]["schedule"]["name"] == "constant"
+    # sgd runs at 0.3 of its own divergence point, 1/1.9 of the probed nesterov's.
+    sgd = study.trials[2].user_attrs["tuner:config"]
+    assert sgd["optimizer"] == "sgd"
+    assert sgd["lr"] == pytest.approx(0.3 * families["nesterov"]["range"][1] / 1.9)
+    assert PORTFOLIO_ENTRY_ATTR not in study.trials[3].user_attrs
+    # Never more than half the budget: a 2-trial study gets one portfolio trial.
+    small = make_study(
+        name="small", search={"optimizers": {"adam": {}, "sgd": {}}, **ON}, budget={"trials": 2}
+    )
+    assert worker(load_study_file(small), Counting()).user_attrs[PORTFOLIO_ATTR] == [
+        "adam-constant"
+    ]
+
+
+def test_portfolio_false_and_bad_switches(make_study):
+    path = make_study(search={"portfolio": False, "lr_range_test": "off"})
+    study = worker(load_study_file(path), Counting())
+    assert study.user_attrs.get(PORTFOLIO_ATTR) is None
+    bad = make_study(search={"lr_range_test": "maybe"})
+    result = CliRunner().invoke(cli, ["launch", str(bad)])
+    assert result.exit_code == 2
+    assert "search.lr_range_test: must be 'auto' or 'off', but got 'maybe'" in result.stderr
+    bad = make_study(search={"portfolio": 3})
+    result = CliRunner().invoke(cli, ["launch", str(bad)])
+    assert result.exit_code == 2
+    assert "search.portfolio: must be True or False, but got 3" in result.stderr
+
+
+def test_worker_seeds_differ_and_worker_zero_keeps_the_study_seed():
+    seeds = {worker_seed(7, i) for i in range(50)}
+    assert worker_seed(7, 0) == 7 and len(seeds) == 50
+    assert worker_seed(None, 3) is None
+
+
+def test_a_seeded_one_worker_study_is_reproducible(make_study, tmp_path):
+    params = []
+    for name in ("a", "b"):
+        path = make_study(
+            name=name, sampler={"name": "tpe", "seed": 3}, search=ON, budget={"trials": 8}
+        )
+        study = worker(load_study_file(path), Counting())
+        params.append([t.params for t in study.trials])
+    assert params[0] == params[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_three_workers_never_repeat_a_configuration(make_study, sampler):
+    path = make_study(
+        sampler={"name": sampler, "seed": 0},
+        search={"optimizers": {"adam": {}, "sgd": {}}, "schedules": ["constant"], **ON},
+        budget={"trials": 12, "epochs": 2},
+        workers={"devices": ["cpu"], "per_device": 3},
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner", "launch", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    doc = yaml.safe_load(path.read_text())
+    study = optuna.load_study(study_name=doc["name"], storage=doc["storage"])
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 12
+    keys = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(keys)) == len(keys), keys
+    workers = {t.user_attrs["tuner:worker"] for t in finished}
+    assert len(workers) >= 2  # the study really ran in parallel
+
+
+def report(values, direction="minimize", typical=None):
+    study = optuna.create_study(direction=direction)
+    trial = Trial(
+        optuna=study.ask(),
+        config=None,  # type: ignore[arg-type] - report() does not use it
+        device="cpu",
+        max_epochs=len(values),
+        params={},
+        seed=0,
+        direction=direction,
+        typical_value=typical,
+    )
+    for step, value in enumerate(values):
+        trial.report(value, step)
+
+
+def test_divergence_is_judged_against_a_scale_not_a_first_value_near_zero():
+    report([0.0, 1.0, 2.0, 3.5, 5.0])  # starts at 0 and rises slowly: not diverged
+    report([1e-9, 1e-8, 1e-7, 1e-6])
+    with pytest.raises(TrialDiverged, match=r"exploded from 2\.3 to 10000"):
+        report([2.3, 1.9, 1e4])
+    with pytest.raises(TrialDiverged, match="is nan"):
+        report([2.3, float("nan")])
+    with pytest.raises(TrialDiverged, match="is inf"):
+        report([0.0, float("inf")])
+    # The study's typical value is a floor on the scale: 0 -> 50 is no blow-up for a metric
+    # that usually reads 10, but 0 -> 5000 is.
+    report([0.0, 50.0], typical=10.0)
+    with pytest.raises(TrialDiverged):
+        report([0.0, 5000.0], typical=10.0)
+
+
+def test_schedule_median_pruner_compares_a_trial_with_its_own_schedule():
+    study = optuna.create_study(pruner=ScheduleMedianPruner(max_resource=10, n_startup_trials=2))
+    dist = optuna.distributions.CategoricalDistribution(["constant", "cosine"])
+
+    def add(schedule: str, values: list[float], state=TrialState.COMPLETE) -> None:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"schedule": schedule},
+                distributions={"schedule": dist},
+                value=values[-1] if state == TrialState.COMPLETE else None,
+                intermediate_values=dict(enumerate(values)),
+                state=state,
+            )
+        )
+
+    for end in (0.1, 0.2, 0.3, 0.4):  # constant schedules: fast early, so low at step 2
+        add("constant", [1.0, 0.5, 0.3, 0.2, 0.2, end])
+    for end in (0.05, 0.06, 0.07, 0.08):  # cosine: slow early, best at the end
+        add("cosine", [1.0, 0.9, 0.8, 0.6, 0.4, end])
+    assert study.pruner.rung_steps == (1, 4)
+
+    def judged(schedule: str, values: list[float]) -> bool:
+        study.enqueue_trial({"schedule": schedule})
+        trial = study.ask()
+        assert trial.suggest_categorical("schedule", ["constant", "cosine"]) == schedule
+        for step, v in enumerate(values):
+            trial.report(v, step)
+        pruned = trial.should_prune()
+        study.tell(trial, state=TrialState.FAIL)
+        return pruned
+
+    # A cosine trial at 0.85 at its first checkpoint (step 1, 20% of the schedule) is worse
+    # than every constant one, but better than its own schedule's median: it goes on.
+    assert not judged("cosine", [1.0, 0.85])
+    # Worse than its own schedule's median: pruned.
+    assert judged("cosine", [1.0, 0.95])
+    # Between checkpoints nothing is judged.
+    assert not judged("cosine", [1.0, 0.85, 5.0])

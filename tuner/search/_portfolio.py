@@ -1,0 +1,114 @@
+"""The warm-start portfolio: known-good configurations as a study's first trials.
+
+The entries are data (``portfolio.yaml`` beside this module, each with its sources).
+:func:`portfolio_trials` adapts them to one study's search space and turns each into the Optuna
+parameters that :func:`tuner.space.sample_config` would draw for it, ready for
+``study.enqueue_trial``. Enqueued through Optuna, they are ordinary trials that the sampler
+learns from.
+
+Example::
+
+    >>> from tuner.space import parse_search
+    >>> space = parse_search({"optimizers": ["adamw", "sgd"], "schedules": ["cosine"]})
+    >>> [(name, params["optimizer"]) for name, params in portfolio_trials(space, {})]
+    [('adamw-cosine', 'adamw'), ('sgd-cosine', 'sgd')]
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from tuner.hparams import Choice, Domain, Fixed, HyperParam
+from tuner.optim import get_optimizer
+from tuner.schedules import WARMUP_HPARAMS, get_schedule
+
+if TYPE_CHECKING:
+    from tuner.space import SearchSpace
+
+__all__ = ["PORTFOLIO", "portfolio_trials"]
+
+
+@functools.cache
+def _load() -> tuple[dict[str, Any], ...]:
+    text = resources.files("tuner.search").joinpath("portfolio.yaml").read_text()
+    return tuple(yaml.safe_load(text))
+
+
+PORTFOLIO = _load()
+"""The portfolio entries in trial order, as ``portfolio.yaml`` gives them."""
+
+
+def portfolio_trials(
+    space: SearchSpace, ranges: Mapping[str, tuple[float, float]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """``(entry name, Optuna params)`` for each entry whose optimizer ``space`` searches.
+
+    ``ranges`` are the range test's ``lr`` ranges: a probed optimizer's entry runs at
+    ``lr_fraction`` of the divergence point (the range's top) instead of the literature's rate.
+    """
+    by_name = {o.name: o for o in space.optimizers}
+    schedules = {s.name: s for s in space.schedules}
+    out = []
+    for entry in PORTFOLIO:
+        name = entry["optimizer"]
+        if name not in by_name:
+            continue
+        spec = get_optimizer(name)
+        values = {**spec.default_values, **entry.get("values", {}), "lr": entry["lr"]}
+        if name in ranges:
+            values["lr"] = ranges[name][1] * entry["lr_fraction"]
+        params: dict[str, Any] = {}
+        if len(by_name) > 1:
+            params["optimizer"] = name
+        for hp in spec.hparams:
+            params.update(_params(hp, by_name[name].domains[hp.name], values[hp.name], name))
+        sched = entry.get("schedule", {"name": "constant"})
+        chosen = schedules.get(sched["name"])
+        if chosen is not None:  # else the sampler picks the schedule
+            if len(schedules) > 1:
+                params["schedule"] = chosen.name
+            sched_spec = get_schedule(chosen.name)
+            for hp in sched_spec.hparams:
+                value = sched.get(hp.name, sched_spec.default_values.get(hp.name))
+                prefix = f"schedule.{chosen.name}"
+                params.update(_params(hp, chosen.domains[hp.name], value, prefix))
+        warmup = space.warmup
+        if warmup is not None and warmup.unit == "fraction":
+            fraction = entry.get("warmup", {}).get("fraction", 0.0)
+            params.update(_params(WARMUP_HPARAMS["fraction"], warmup.length, fraction, "warmup"))
+        out.append((entry["name"], params))
+    return out
+
+
+def _params(hp: HyperParam, domain: Domain, value: Any, prefix: str) -> dict[str, Any]:
+    """The Optuna parameters through which ``hp.suggest`` would return ``value``."""
+    key = f"{prefix}.{hp.name}"
+    if isinstance(domain, Fixed) or value is None:
+        return {}
+    if isinstance(domain, Choice):
+        return {key: value} if value in domain.choices else {}
+    out: dict[str, Any] = {}
+    if domain.include_zero:
+        out[f"{key}_is_zero"] = value == 0
+        if value == 0:
+            return out
+    elif value == 0 and domain.log:
+        value = domain.low
+    if hp.one_minus and domain.log:
+        out[f"{key}.one_minus"] = _clamp(1.0 - value, 1.0 - domain.high, 1.0 - domain.low)
+        return out
+    value = _clamp(float(value), domain.low, domain.high)
+    out[key] = round(value) if hp.kind is int else value
+    return out
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    if not math.isfinite(value):
+        return low
+    return min(max(value, low), high)
