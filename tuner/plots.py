@@ -10,8 +10,10 @@ A value axis spans the bulk of the values, not their extremes: one collapsed or 
 (accuracy 0.08 among scores of 0.97) would otherwise squash every other point onto one line.
 :func:`robust_range` sets the limits from the quartiles; a value beyond them is drawn at the
 edge as a hollow triangle pointing off the axis, and the panel says how many are off-scale.
-optuna.visualization draws none of these (its plots need plotly, and its slice plot has no
-per-optimizer lr), so tuner draws them with matplotlib's object API, as report.py does.
+optuna.visualization draws none of these: its plotly plots need plotly (not a tuner
+dependency), its matplotlib ones draw through pyplot's global figure registry (which the report
+avoids, as report.py explains), and neither knows that each optimizer has its own lr or marks
+off-scale points. So tuner draws them with matplotlib's object API.
 """
 
 from __future__ import annotations
@@ -242,6 +244,9 @@ def plot_score_vs_lr(
                 zorder=3,
             )
         ax.set_xscale("log")
+        searched = _lr_range(mine, name)
+        if searched is not None:  # where the points lie within the range the search covered
+            ax.set_xlim(searched[0] / 1.2, searched[1] * 1.2)
         value_range.apply(ax)
         ax.set_title(f"{name} ({len(mine)} complete)", fontsize=10)
         ax.set_xlabel("learning rate (log)")
@@ -257,6 +262,16 @@ def plot_score_vs_lr(
     fig.legend(handles=handles, title="schedule", loc="outside right upper", fontsize=8)
     fig.suptitle(f"{metric} against the learning rate, per optimizer (best first)")
     return fig, off
+
+
+def _lr_range(trials: Sequence[FrozenTrial], optimizer: str) -> tuple[float, float] | None:
+    """The lr range the search sampled ``optimizer`` from, when the trials recorded it."""
+    for t in trials:
+        dist = t.distributions.get(f"{optimizer}.lr")
+        low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+        if isinstance(low, float) and isinstance(high, float) and 0 < low < high:
+            return low, high
+    return None
 
 
 def plot_score_by_schedule(

@@ -173,12 +173,13 @@ def write_report(
         for name in ("score_vs_lr", "score_by_schedule", "lr_schedule"):
             skipped[name] = reason
     else:
-        importances = _importances(complete, ranking[0].optimizer)
+        # The winner is the answer's (replicated) when there is one, else the best search trial's.
+        best_opt = answer.winner.optimizer if answer.winner else ranking[0].optimizer
+        importances = _importances(complete, best_opt)
         if all(isinstance(v, str) for v in importances.values()):
             skipped["param_importances"] = "; ".join(f"{k}: {v}" for k, v in importances.items())
         else:
             save("param_importances", _plot_importances(importances, metric))
-        best_opt = ranking[0].optimizer
         own = [t for t in complete if _optimizer_of(t) == best_opt]
         why = plots.sparse_reason(own, f"a parallel-coordinates plot of {best_opt}")
         if why is None:
@@ -198,6 +199,8 @@ def write_report(
         else:
             skipped["score_by_schedule"] = why
         best = _best_search_trial(complete, direction)
+        if answer.winner is not None:
+            best = next((t for t in complete if t.number == answer.winner.trial), best)
         curve_or_reason = _best_lr_curve(best)
         if isinstance(curve_or_reason, str):
             skipped["lr_schedule"] = curve_or_reason
