@@ -35,6 +35,7 @@ STUDY = textwrap.dedent(
     pruner: none
     search: {optimizers: {adam: {}}, schedules: [constant]}
     mlflow: off
+    compare: {seeds: 0}
     workers: {devices: [cpu], per_device: 1}
     """
 )

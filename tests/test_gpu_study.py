@@ -27,7 +27,6 @@ def test_gpu_example_study_runs_with_a_small_setting(tmp_path: Path) -> None:
     assert study_file["params"]["fused"] is True
     study_file["params"].update(SMALL)
     study_file["budget"] = {"trials": 2, "epochs": 2}
-    study_file["compare"] = {"seeds": 0}  # replicates have their own tests (test_compare.py)
     study_file["mlflow"] = {"tracking_uri": "off"}
     (tmp_path / "cifar_resnet.yaml").write_text(yaml.safe_dump(study_file))
 

@@ -589,3 +589,33 @@ def test_a_sqlite_study_file_is_in_write_ahead_log_mode(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "wal.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: nothing less durable
+
+
+def test_a_held_budget_lock_is_announced_and_given_up_on(tmp_path, monkeypatch):
+    """Another process holds the SQLite study's lock file: waiting says what for, then stops."""
+    db = tmp_path / "study.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(60)", f"{db}.lock"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    # Its own handler: the CLI's logging setup stops tuner's records at the "tuner" logger.
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("tuner.storage").addHandler(handler)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(tuner.storage, "LOCK_NOTICE_AFTER", 0.2)
+        monkeypatch.setattr(tuner.storage, "LOCK_TIMEOUT", 1.0)
+        with pytest.raises(StorageError) as raised, budget_lock(f"sqlite:///{db}", "demo"):
+            pass
+    finally:
+        logging.getLogger("tuner.storage").removeHandler(handler)
+        holder.kill()
+        holder.wait()
+    assert any(f"waiting for the lock file {db}.lock (reserving a trial)" in m for m in seen)
+    assert str(raised.value).startswith(f"gave up after 1s waiting for the lock file {db}.lock")
+    with budget_lock(f"sqlite:///{db}", "demo"):  # released with its process
+        pass

@@ -185,7 +185,7 @@ def test_a_hanging_trial_is_failed_as_timed_out_and_the_study_finishes(make_stud
 # --- stopping launch stops everything it started ----------------------------------------------
 
 THREE_SLOW_WORKERS = {"devices": ["cpu"], "per_device": 3, "heartbeat_interval": 1,
-                      "grace_period": 4}  # fmt: skip
+                      "grace_period": 8}  # fmt: skip
 
 
 def _three_running(path: Path) -> tuple[subprocess.Popen[str], set[int]]:

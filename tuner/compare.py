@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.keys import ATTR
+
 if TYPE_CHECKING:
     from tuner.studyfile import CompareConfig
 
@@ -72,7 +74,7 @@ __all__ = [
     "tied",
 ]
 
-REPLICATE_ATTR = "tuner:replicate"
+REPLICATE_ATTR = ATTR.REPLICATE
 ALPHA = 0.05
 INTERVAL_METHOD = "Student's t-interval of the replicate mean (95%)"
 TEST_METHOD = (
@@ -80,8 +82,8 @@ TEST_METHOD = (
     "Welch's t-test when fewer than two seeds are shared"
 )
 
-_CONFIG = "tuner:config"
-_OUTCOME = "tuner:outcome"
+_CONFIG = ATTR.CONFIG
+_OUTCOME = ATTR.OUTCOME
 # A replicate with one of these states is done or on its way; any other (an interrupted one,
 # or one lost with its worker and not queued again) is missing and runs again.
 _PRESENT = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -384,7 +386,7 @@ def compute_answer(
     """The answer from the study's trials: finalists, replicates, intervals, tiers, winner."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     direction = study.direction.name.lower()
-    metric = str(study.user_attrs.get("tuner:metric", "value"))
+    metric = str(study.user_attrs.get(ATTR.METRIC, "value"))
     sign = -1.0 if direction == "maximize" else 1.0
     chosen = finalists(trials, direction, compare.finalists)
     rows = [
@@ -403,7 +405,7 @@ def compute_answer(
         record = replicate_of(t)
         if record is None:
             continue
-        seconds += float(t.user_attrs.get("tuner:duration_s") or 0.0)
+        seconds += float(t.user_attrs.get(ATTR.DURATION) or 0.0)
         row = by_trial.get(record.get("of"))
         if row is None or t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue

@@ -31,8 +31,12 @@ class ATTR:
     DURATION = "tuner:duration_s"
     RETRY_OF = "tuner:retry_of"  # the number of the interrupted trial this one reruns
     TOTAL_STEPS = "tuner:total_steps"  # what the objective passed to build_optimizer
+    REPLICATE = "tuner:replicate"  # a finalist's re-run after the search (tuner.compare)
+    PORTFOLIO_ENTRY = "tuner:portfolio_entry"  # a known-good configuration (tuner.search)
     # study attributes
     METRIC = "tuner:metric"
+    LR_RANGE_TEST = "tuner:lr_range_test"  # the range test's results (tuner.search)
+    PORTFOLIO = "tuner:portfolio"  # the portfolio was enqueued (tuner.search)
     PARENT_RUN = "tuner:mlflow_parent_run_id"
 
 

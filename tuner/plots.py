@@ -10,8 +10,10 @@ A value axis spans the bulk of the values, not their extremes: one collapsed or 
 (accuracy 0.08 among scores of 0.97) would otherwise squash every other point onto one line.
 :func:`robust_range` sets the limits from the quartiles; a value beyond them is drawn at the
 edge as a hollow triangle pointing off the axis, and the panel says how many are off-scale.
-optuna.visualization draws none of these (its plots need plotly, and its slice plot has no
-per-optimizer lr), so tuner draws them with matplotlib's object API, as report.py does.
+optuna.visualization draws none of these: its plotly plots need plotly (not a tuner
+dependency), its matplotlib ones draw through pyplot's global figure registry (which the report
+avoids, as report.py explains), and neither knows that each optimizer has its own lr or marks
+off-scale points. So tuner draws them with matplotlib's object API.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from tuner.keys import ATTR
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -44,7 +48,7 @@ MIN_POINTS = 5
 # Points further than this many interquartile ranges outside the quartiles are off-scale.
 FENCE = 3.0
 
-_CONFIG = "tuner:config"
+_CONFIG = ATTR.CONFIG
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ def _warmup_fraction(t: FrozenTrial) -> float | None:
         return 0.0
     if "fraction" in warmup:
         return float(warmup["fraction"])
-    total = t.user_attrs.get("tuner:total_steps")
+    total = t.user_attrs.get(ATTR.TOTAL_STEPS)
     if isinstance(total, int) and total > 0 and "steps" in warmup:
         return float(warmup["steps"]) / total
     return None
@@ -240,6 +244,9 @@ def plot_score_vs_lr(
                 zorder=3,
             )
         ax.set_xscale("log")
+        searched = _lr_range(mine, name)
+        if searched is not None:  # where the points lie within the range the search covered
+            ax.set_xlim(searched[0] / 1.2, searched[1] * 1.2)
         value_range.apply(ax)
         ax.set_title(f"{name} ({len(mine)} complete)", fontsize=10)
         ax.set_xlabel("learning rate (log)")
@@ -255,6 +262,16 @@ def plot_score_vs_lr(
     fig.legend(handles=handles, title="schedule", loc="outside right upper", fontsize=8)
     fig.suptitle(f"{metric} against the learning rate, per optimizer (best first)")
     return fig, off
+
+
+def _lr_range(trials: Sequence[FrozenTrial], optimizer: str) -> tuple[float, float] | None:
+    """The lr range the search sampled ``optimizer`` from, when the trials recorded it."""
+    for t in trials:
+        dist = t.distributions.get(f"{optimizer}.lr")
+        low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+        if isinstance(low, float) and isinstance(high, float) and 0 < low < high:
+            return low, high
+    return None
 
 
 def plot_score_by_schedule(

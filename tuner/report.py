@@ -38,6 +38,7 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import plots
+from tuner.keys import ATTR, OUTCOMES, Outcome
 from tuner.summary import StudySummary, summarize
 
 if TYPE_CHECKING:
@@ -58,10 +59,10 @@ __all__ = [
 # fANOVA fits a random forest to the trials; below this many the importances are noise.
 MIN_IMPORTANCE_TRIALS = 5
 
-_CONFIG = "tuner:config"
-_OUTCOME = "tuner:outcome"
-_TOTAL_STEPS = "tuner:total_steps"
-_OTHER_OUTCOMES = ("pruned", "diverged", "failed", "interrupted")
+_CONFIG = ATTR.CONFIG
+_OUTCOME = ATTR.OUTCOME
+_TOTAL_STEPS = ATTR.TOTAL_STEPS
+_OTHER_OUTCOMES = tuple(o for o in OUTCOMES if o != Outcome.COMPLETE.value)
 _OUTCOME_STYLE = {  # marker, colour
     "pruned": ("v", "0.45"),
     "diverged": ("x", "tab:red"),
@@ -140,7 +141,7 @@ def write_report(
     # The search's plots show the search; the replicates have their own (tuner.compare).
     trials = [t for t in all_trials if not is_replicate(t)]
     direction = study.direction.name.lower()
-    metric = str(study.user_attrs.get("tuner:metric", "value"))
+    metric = str(study.user_attrs.get(ATTR.METRIC, "value"))
     compare = compare or CompareConfig()
     summary = summarize(study, budget=budget, compare=compare)
     answer = summary.answer or compute_answer(study, compare, trials=all_trials)
@@ -172,12 +173,13 @@ def write_report(
         for name in ("score_vs_lr", "score_by_schedule", "lr_schedule"):
             skipped[name] = reason
     else:
-        importances = _importances(complete, ranking[0].optimizer)
+        # The winner is the answer's (replicated) when there is one, else the best search trial's.
+        best_opt = answer.winner.optimizer if answer.winner else ranking[0].optimizer
+        importances = _importances(complete, best_opt)
         if all(isinstance(v, str) for v in importances.values()):
             skipped["param_importances"] = "; ".join(f"{k}: {v}" for k, v in importances.items())
         else:
             save("param_importances", _plot_importances(importances, metric))
-        best_opt = ranking[0].optimizer
         own = [t for t in complete if _optimizer_of(t) == best_opt]
         why = plots.sparse_reason(own, f"a parallel-coordinates plot of {best_opt}")
         if why is None:
@@ -197,6 +199,8 @@ def write_report(
         else:
             skipped["score_by_schedule"] = why
         best = _best_search_trial(complete, direction)
+        if answer.winner is not None:
+            best = next((t for t in complete if t.number == answer.winner.trial), best)
         curve_or_reason = _best_lr_curve(best)
         if isinstance(curve_or_reason, str):
             skipped["lr_schedule"] = curve_or_reason

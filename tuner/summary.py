@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.keys import ATTR
+
 if TYPE_CHECKING:
     from tuner.compare import Answer
     from tuner.studyfile import CompareConfig
@@ -102,8 +104,8 @@ class StudySummary:
             now = time.time()
             for t in self.running:
                 started = t.datetime_start.timestamp() if t.datetime_start else now
-                host = t.user_attrs.get("tuner:worker_host", "?")
-                device = t.user_attrs.get("tuner:device", "?")
+                host = t.user_attrs.get(ATTR.HOST, "?")
+                device = t.user_attrs.get(ATTR.DEVICE, "?")
                 lines.append(
                     f"    trial {t.number:<5} on {host} {device:<8} "
                     f"for {format_duration(now - started)}"
@@ -122,16 +124,16 @@ def summarize(
     trials = [t for t in all_trials if not is_replicate(t)]
     counts: dict[str, int] = {}
     for t in trials:
-        outcome = t.user_attrs.get("tuner:outcome") or _OUTCOME_OF_STATE[t.state]
+        outcome = t.user_attrs.get(ATTR.OUTCOME) or _OUTCOME_OF_STATE[t.state]
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             outcome = _OUTCOME_OF_STATE[t.state]
-        elif t.state == TrialState.FAIL and "tuner:outcome" not in t.user_attrs:
+        elif t.state == TrialState.FAIL and ATTR.OUTCOME not in t.user_attrs:
             outcome = "interrupted"  # its worker died mid-trial; a retry was queued
         counts[outcome] = counts.get(outcome, 0) + 1
     summary = StudySummary(
         name=study.study_name,
         direction=study.direction.name.lower(),
-        metric=str(study.user_attrs.get("tuner:metric", "value")),
+        metric=str(study.user_attrs.get(ATTR.METRIC, "value")),
         budget=budget,
         counts=counts,
         running=[t for t in all_trials if t.state == TrialState.RUNNING],
@@ -146,10 +148,10 @@ def summarize(
     best = better(complete, key=lambda t: t.value)
     summary.best_value = best.value
     summary.best_number = best.number
-    summary.best_config = best.user_attrs.get("tuner:config")
+    summary.best_config = best.user_attrs.get(ATTR.CONFIG)
     by_opt: dict[str, list[FrozenTrial]] = {}
     for t in complete:
-        name = (t.user_attrs.get("tuner:config") or {}).get("optimizer", "?")
+        name = (t.user_attrs.get(ATTR.CONFIG) or {}).get("optimizer", "?")
         by_opt.setdefault(name, []).append(t)
     rows = [
         BestOf(name, (b := better(ts, key=lambda t: t.value)).value, b.number, len(ts))

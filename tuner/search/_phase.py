@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from tuner.hparams import Range
+from tuner.keys import ATTR
 from tuner.search._portfolio import portfolio_trials
 from tuner.search._range_test import (
     LrProbe,
@@ -57,9 +58,9 @@ __all__ = [
 
 log = logging.getLogger("tuner")
 
-RANGE_TEST_ATTR = "tuner:lr_range_test"
-PORTFOLIO_ATTR = "tuner:portfolio"
-PORTFOLIO_ENTRY_ATTR = "tuner:portfolio_entry"
+RANGE_TEST_ATTR = ATTR.LR_RANGE_TEST
+PORTFOLIO_ATTR = ATTR.PORTFOLIO
+PORTFOLIO_ENTRY_ATTR = ATTR.PORTFOLIO_ENTRY
 _CLAIM = RANGE_TEST_ATTR + ":"
 CLAIM_EXPIRY_S = 1800.0
 

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from tuner.keys import ATTR, Outcome
 from tuner.redact import redact
 
 __all__ = [
@@ -29,15 +30,15 @@ __all__ = [
 ]
 
 #: The Optuna study user attr that keeps the parent run id across processes and resumes.
-PARENT_RUN_ATTR = "tuner:mlflow_parent_run_id"
+PARENT_RUN_ATTR = ATTR.PARENT_RUN
 
 #: Run status per trial outcome (DESIGN §6): a pruned trial is a normal end, a diverged one is not.
 OUTCOME_STATUS: dict[str, str] = {
-    "complete": "FINISHED",
-    "pruned": "FINISHED",
-    "failed": "FAILED",
-    "diverged": "FAILED",
-    "interrupted": "KILLED",
+    Outcome.COMPLETE.value: "FINISHED",
+    Outcome.PRUNED.value: "FINISHED",
+    Outcome.FAILED.value: "FAILED",
+    Outcome.DIVERGED.value: "FAILED",
+    Outcome.INTERRUPTED.value: "KILLED",
 }
 OUTCOMES = frozenset(OUTCOME_STATUS)
 

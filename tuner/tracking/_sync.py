@@ -28,6 +28,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
+from tuner.keys import ATTR
 from tuner.redact import redact
 from tuner.tracking._base import (
     OUTCOME_STATUS,
@@ -59,11 +60,11 @@ _STATE_OUTCOME = {
     TrialState.FAIL: "failed",
 }
 # Optuna user attrs written by the runner (read when present).
-_CONFIG_ATTR = "tuner:config"
-_OUTCOME_ATTR = "tuner:outcome"
-_HOST_ATTR = "tuner:worker_host"
-_DEVICE_ATTR = "tuner:device"
-_WORKER_ATTR = "tuner:worker"
+_CONFIG_ATTR = ATTR.CONFIG
+_OUTCOME_ATTR = ATTR.OUTCOME
+_HOST_ATTR = ATTR.HOST
+_DEVICE_ATTR = ATTR.DEVICE
+_WORKER_ATTR = ATTR.WORKER
 # Optuna's retry callbacks list, on each retry, the numbers of the trials it replaces.
 _RETRIED_ATTR = "retry_history"
 
