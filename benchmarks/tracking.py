@@ -121,7 +121,13 @@ class TunerArm:
             "storage": f"sqlite:///{folder / 'study.db'}",
             "sampler": {"name": "random", "seed": 0},
             "pruner": {"name": "none"},
-            "search": {"optimizers": {"adam": {}, "sgd": {}}, "schedules": ["constant"]},
+            # The pre-search phase (range test, portfolio) is off: this measures tracking.
+            "search": {
+                "optimizers": {"adam": {}, "sgd": {}},
+                "schedules": ["constant"],
+                "lr_range_test": "off",
+                "portfolio": False,
+            },
             "params": {"batch_size": 64} if digits else {"reports": reports},
             "mlflow": {"tracking_uri": tracking_uri, "experiment": f"bench-{name}"},
             "workers": {"devices": ["cpu"]},
