@@ -28,8 +28,8 @@ storage write included) and the tracking share alone (the recorder's ``log``). T
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
+import os
 import sys
 import tempfile
 import textwrap
@@ -56,14 +56,14 @@ DIGITS_SOURCE = Path(__file__).resolve().parents[1] / "studies" / "digits.py"
 # ``trial.report`` whole, and the recorder's ``log`` inside it (the tracking share), into SAMPLES.
 OBJECTIVE = textwrap.dedent(
     """
+    import os
     import time
-
-    SAMPLES = {"report": [], "log": []}
 
 
     class TimedRecorder:
-        def __init__(self, inner):
+        def __init__(self, inner, samples):
             self.inner = inner
+            self.samples = samples
 
         @property
         def run_id(self):
@@ -72,22 +72,26 @@ OBJECTIVE = textwrap.dedent(
         def log(self, metrics, step):
             t0 = time.perf_counter()
             self.inner.log(metrics, step)
-            SAMPLES["log"].append(time.perf_counter() - t0)
+            self.samples.append(("log", time.perf_counter() - t0))
 
         def finish(self, outcome, *, tags=None):
             self.inner.finish(outcome, tags=tags)
 
 
     def objective(trial):
+        # Workers are processes of their own: the samples go to a file the benchmark reads.
+        samples = []
         if trial.recorder is not None:
-            trial.recorder = TimedRecorder(trial.recorder)
+            trial.recorder = TimedRecorder(trial.recorder, samples)
         lr = float(trial.config.to_dict()["lr"])
         value = 1.0
         for step in range(int(trial.params["reports"])):
             value = lr * (step + 1) ** -0.5
             t0 = time.perf_counter()
             trial.report(value, step=step)
-            SAMPLES["report"].append(time.perf_counter() - t0)
+            samples.append(("report", time.perf_counter() - t0))
+        with open(os.environ["TUNER_BENCH_SAMPLES"], "a") as out:
+            out.writelines(f"{kind} {cost!r}\\n" for kind, cost in samples)
         return value
     """
 )
@@ -139,15 +143,16 @@ class TunerArm:
         from tuner.launch import launch
         from tuner.studyfile import load_study_file, with_overrides
 
-        samples = importlib.import_module(OBJECTIVE_MODULE).SAMPLES
-        samples["report"].clear()
-        samples["log"].clear()
+        samples = self.path.parent / "samples.txt"
+        samples.write_text("")
+        os.environ["TUNER_BENCH_SAMPLES"] = str(samples)  # the workers inherit it
         t0 = time.perf_counter()
         study_file = with_overrides(load_study_file(self.path), trials=trials, timeout=None)
         launch(study_file, echo=lambda _: None)
         self.wall += time.perf_counter() - t0
-        self.report_costs += samples["report"]
-        self.log_costs += samples["log"]
+        for line in samples.read_text().splitlines():
+            kind, cost = line.split()
+            (self.report_costs if kind == "report" else self.log_costs).append(float(cost))
 
 
 def run_arms(arms: list[Any], trials: int, rounds: int, label: str) -> None:
