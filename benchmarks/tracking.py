@@ -242,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         (root / f"{OBJECTIVE_MODULE}.py").write_text(OBJECTIVE)
         (root / f"{DIGITS_MODULE}.py").write_text(DIGITS_SOURCE.read_text())
         sys.path.insert(0, str(root))
+        # Launch runs the objective in worker processes: they must import these modules too.
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(root), os.environ.get("PYTHONPATH")) if p
+        )
         server = MlflowServer(root / "mlflow-server")
         print("starting mlflow server ...", flush=True)
         server.start()
