@@ -64,6 +64,9 @@ def test_bookkeeping_costs_two_write_transactions_per_trial(make_study, monkeypa
         "optimizers": {"sgd": {"weight_decay": 0.0}},
         "schedules": ["constant"],
         "warmup": {"fraction": 0},
+        # The pre-search phase writes once per study, not per trial: off, to count trials alone.
+        "lr_range_test": "off",
+        "portfolio": False,
     }
     data = yaml.safe_load(path.read_text())
     data["search"] = search  # replaced, not merged as make_study's keywords are
