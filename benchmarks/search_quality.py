@@ -283,7 +283,6 @@ def run_tuner(
         study, tracker = open_session(sf)
         Worker(study_file=sf, study=study, objective=objective, tracker=tracker).run()
         tracker.close(timeout=1.0)
-        done = [t.value for t in study.trials if t.value is not None and math.isfinite(t.value)]
         done = [
             t.value
             for t in study.trials

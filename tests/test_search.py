@@ -271,7 +271,13 @@ def test_a_seeded_one_worker_study_is_reproducible(make_study, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_three_workers_never_repeat_a_configuration(make_study, sampler):
+    # A second per trial: every worker is up and taking trials before the budget is gone.
+    slow = REGRESSION.replace(
+        "    g = torch.Generator()",
+        "    import time\n    time.sleep(1.0)\n    g = torch.Generator()",
+    )
     path = make_study(
+        slow,
         sampler={"name": sampler, "seed": 0},
         search={"optimizers": {"adam": {}, "sgd": {}}, "schedules": ["constant"], **ON},
         budget={"trials": 12, "epochs": 2},

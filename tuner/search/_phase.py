@@ -21,7 +21,7 @@ import random
 import socket
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -210,7 +210,10 @@ def _ensure_range_test(
             attrs = study.user_attrs
             if RANGE_TEST_ATTR in attrs:
                 return RangeTest.from_dict(attrs[RANGE_TEST_ATTR])
-            if any(t.user_attrs.get(PORTFOLIO_ENTRY_ATTR) is None for t in _trials(study)):
+            if any(
+                t.user_attrs.get(PORTFOLIO_ENTRY_ATTR) is None
+                for t in study.get_trials(deepcopy=False)
+            ):
                 # A study searched before it had a range test keeps the ranges it searched.
                 test = RangeTest((), skipped="skipped: the study already had search trials")
                 study.set_user_attr(RANGE_TEST_ATTR, test.to_dict())
@@ -258,10 +261,6 @@ def _ensure_range_test(
         study.set_user_attr(_CLAIM + mine, {"state": "done", **outcome.to_dict()})
 
 
-def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False)
-
-
 def _stale(claim: dict[str, Any]) -> bool:
     if claim.get("state") != "running":
         return False
@@ -290,19 +289,18 @@ def run_probe(
     """Run the objective once with ``optimizer``'s lr ramp; what the ramp found."""
     start, stop = probe_bounds(optimizer)
     error = None
-    with _quiet_optuna():
-        trial = _probe_trial(optimizer, sf, device, start, stop)
-        try:
-            objective(trial)
-        except (ProbeFinished, optuna.TrialPruned):
-            pass
-        except TrialDiverged:
-            if trial.probe is not None and trial.probe.lrs:
-                trial.probe._finish(diverged=True)
-        except Exception as exc:  # the objective cannot run the probe: the catalog range stays
-            from tuner.storage import redact_url
+    trial = _probe_trial(optimizer, sf, device, start, stop)
+    try:
+        objective(trial)
+    except (ProbeFinished, optuna.TrialPruned):
+        pass
+    except TrialDiverged:
+        if trial.probe is not None and trial.probe.lrs:
+            trial.probe._finish(diverged=True)
+    except Exception as exc:  # the objective cannot run the probe: the catalog range stays
+        from tuner.storage import redact_url
 
-            error = redact_url(f"{type(exc).__name__}: {exc}")[:300]
+        error = redact_url(f"{type(exc).__name__}: {exc}")[:300]
     probe = trial.probe
     if probe is None:
         return ProbeOutcome(
@@ -327,18 +325,6 @@ def run_probe(
         steps / per_epoch,
         error if steps == 0 else None,
     )
-
-
-@contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    # The probe's scratch study is an implementation detail: its "trial finished" lines would
-    # only confuse. Optuna's own public switch, restored afterwards.
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(level)
 
 
 def _probe_trial(

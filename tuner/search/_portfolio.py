@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from importlib import resources
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["PORTFOLIO", "portfolio_trials"]
 
 
-@functools.cache
 def _load() -> tuple[dict[str, Any], ...]:
     text = resources.files("tuner.search").joinpath("portfolio.yaml").read_text()
     return tuple(yaml.safe_load(text))

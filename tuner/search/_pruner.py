@@ -76,27 +76,21 @@ class ScheduleMedianPruner(optuna.pruners.BasePruner):
         if sum(t.state == TrialState.COMPLETE for t in trials) < self.n_startup_trials:
             return False
         schedule = _schedule(trial)
-        peers = [
-            t.intermediate_values[step]
+        reached = [
+            (t, t.intermediate_values[step])
             for t in trials
             if t.number != trial.number
             and step in t.intermediate_values
             and math.isfinite(t.intermediate_values[step])
         ]
-        families = [
-            [t for t in trials if _schedule(t) == schedule],
-            [t for t in trials if _decays(_schedule(t)) == _decays(schedule)],
-        ]
-        for family in families:
-            values = [
-                t.intermediate_values[step]
-                for t in family
-                if t.number != trial.number
-                and step in t.intermediate_values
-                and math.isfinite(t.intermediate_values[step])
-            ]
-            if len(values) >= self.n_min_peers:
-                peers = values
+        # Its own schedule first, then its family (constant or decaying), then every trial.
+        for alike in (
+            lambda t: _schedule(t) == schedule,
+            lambda t: _decays(_schedule(t)) == _decays(schedule),
+            lambda t: True,
+        ):
+            peers = [v for t, v in reached if alike(t)]
+            if len(peers) >= self.n_min_peers:
                 break
         if len(peers) < self.n_min_peers:
             return False
