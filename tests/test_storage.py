@@ -619,3 +619,42 @@ def test_a_held_budget_lock_is_announced_and_given_up_on(tmp_path, monkeypatch):
     assert str(raised.value).startswith(f"gave up after 1s waiting for the lock file {db}.lock")
     with budget_lock(f"sqlite:///{db}", "demo"):  # released with its process
         pass
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_a_stale_trial_is_failed_once_when_many_processes_check_at_once(storage_url: str) -> None:
+    """The launch and every worker look for stale trials; a trial failed twice would queue its
+    retry twice and run one trial past the budget."""
+    from tuner.trialdb import fail_stale_trials
+
+    failed: list[int] = []
+
+    def checker() -> optuna.storages.RDBStorage:
+        return open_storage(
+            storage_url,
+            heartbeat_interval=1,
+            grace_period=1,
+            failed_trial_callback=lambda study, trial: failed.append(trial.number),
+        )
+
+    first = checker()
+    study = optuna.create_study(study_name="stale", storage=first)
+    for _ in range(3):
+        first.record_heartbeat(study.ask()._trial_id)
+    time.sleep(2.5)  # past the grace period: the workers are presumed dead
+    storages = [checker() for _ in range(6)]
+    barrier = threading.Barrier(len(storages))
+
+    def check(storage: optuna.storages.RDBStorage) -> None:
+        barrier.wait()
+        fail_stale_trials(optuna.load_study(study_name="stale", storage=storage))
+
+    threads = [threading.Thread(target=check, args=(s,)) for s in storages]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(failed) == [0, 1, 2]
+    for storage in [first, *storages]:
+        _dispose(storage)
