@@ -8,11 +8,16 @@ traceback; overrides reach every worker; two launches on one fresh file both wor
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
+import socketserver
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import optuna
@@ -182,6 +187,29 @@ def test_a_hanging_trial_is_failed_as_timed_out_and_the_study_finishes(make_stud
     assert "done: the budget is spent" in last_line(proc.stderr)
 
 
+def test_budget_timeout_stops_running_trials_after_a_grace_and_requeues_them(make_study):
+    # A trial would run 200 s. budget.timeout (15 s, time for the workers to start) passes, then
+    # the grace (10 s) runs out: the running trials are stopped as interrupted, to run again on
+    # resume, and launch says so.
+    path = make_study(
+        SLEEPS, budget={"trials": 4, "timeout": "15s"}, params={"steps": 2000, "sleep": 0.1},
+        workers={"devices": ["cpu"], "per_device": 2},
+    )  # fmt: skip
+    started = time.monotonic()
+    proc = launch(path)
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert last_line(proc.stderr).startswith("stopped: budget.timeout reached"), proc.stderr
+    assert "run the same command to go on" in last_line(proc.stderr)
+    assert took < 90, took  # not the 200 s a trial would take
+    study = load(path)
+    cut = [t for t in study.trials if t.state == TrialState.FAIL]
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert cut and states(study) == {TrialState.FAIL: len(cut), TrialState.WAITING: len(cut)}
+    assert {t.user_attrs["tuner:outcome"] for t in cut} == {"interrupted"}
+    assert {t.user_attrs["tuner:retry_of"] for t in waiting} == {t.number for t in cut}
+
+
 # --- stopping launch stops everything it started ----------------------------------------------
 
 THREE_SLOW_WORKERS = {"devices": ["cpu"], "per_device": 3, "heartbeat_interval": 1,
@@ -293,3 +321,71 @@ def test_two_launches_on_a_fresh_sqlite_file_both_work(make_study, tmp_path):
         results = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], (attempt, results)
         assert states(load(path)) == {TrialState.COMPLETE: 2}
+
+
+# --- a worker that starts while the database is unreachable -------------------------------------
+
+
+class _Forwarder(socketserver.ThreadingTCPServer):
+    """A TCP forwarder to PostgreSQL: a database server that comes up when this starts."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.target = target
+        super().__init__(("127.0.0.1", port), _Forward)
+
+
+class _Forward(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        upstream = socket.create_connection(self.server.target)  # type: ignore[attr-defined]
+        pair = [self.request, upstream]
+        try:
+            while True:
+                ready, _, _ = select.select(pair, [], [], 30)
+                if not ready:
+                    return
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (upstream if sock is self.request else self.request).sendall(data)
+        finally:
+            upstream.close()
+
+
+@pytest.mark.postgres
+def test_a_worker_started_while_the_database_is_down_waits_for_it(make_study, fresh_postgres_url):
+    with socket.socket() as probe:  # a free port, where no server listens yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    parts = urllib.parse.urlsplit(fresh_postgres_url)
+    down = parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}".lstrip("@"))
+    path = make_study(
+        SLEEPS, storage=urllib.parse.urlunsplit(down), budget={"trials": 2},
+        params={"steps": 2, "sleep": 0.01},
+    )  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "worker", str(path)],
+        cwd=path.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert worker.stderr is not None
+    for line in worker.stderr:  # the worker says it waits, and keeps waiting
+        if "the study storage is not reachable yet" in line:
+            break
+    else:
+        pytest.fail(f"worker exited {worker.wait()} without waiting for the storage")
+    time.sleep(2)
+    assert worker.poll() is None
+    target = urllib.parse.urlsplit(fresh_postgres_url)
+    forwarder = _Forwarder(port, (target.hostname or "127.0.0.1", target.port or 5432))
+    threading.Thread(target=forwarder.serve_forever, daemon=True).start()
+    try:
+        _, err = worker.communicate(timeout=120)
+    finally:
+        forwarder.shutdown()
+        forwarder.server_close()
+    assert worker.returncode == 0, err
+    study = optuna.load_study(study_name="test-study", storage=fresh_postgres_url)
+    assert states(study) == {TrialState.COMPLETE: 2}

@@ -42,6 +42,7 @@ __all__ = [
     "open_storage",
     "redact_url",
     "retry",
+    "stale_check_lock",
     "warn_if_sqlite_shared",
 ]
 
@@ -716,3 +717,38 @@ def budget_lock(
             f"budget lock: storage {redact_url(url)} ({dialect}) is not supported",
             hint="use PostgreSQL for several machines, SQLite for one",
         )
+
+
+@contextlib.contextmanager
+def stale_check_lock(storage: RDBStorage, study_name: str) -> Iterator[bool]:
+    """True while this process alone looks for stale trials; False: another one is looking now.
+
+    The launch and every worker look. On PostgreSQL, Optuna's ``SELECT ... FOR UPDATE`` lets one
+    of them fail a stale trial and the others see it failed. On SQLite that row lock holds
+    nothing (pysqlite begins the transaction only at the UPDATE), so two of them can fail the
+    same trial and both queue its retry. There, the check takes the budget lock, but never
+    waits for it: a check skipped now runs a heartbeat interval later, while a wait would stall
+    the launch's own loop (signals, progress) behind a worker that holds the lock.
+    """
+    url = normalize_url(str(storage.url))
+    if dialect_of(url) != "sqlite":
+        yield True
+        return
+    path = _sqlite_path(url)
+    if path is None:
+        with _memory_locks_guard:
+            lock = _memory_locks.setdefault((url, study_name), threading.Lock())
+        mine = lock.acquire(blocking=False)
+        try:
+            yield mine
+        finally:
+            if mine:
+                lock.release()
+        return
+    with open(f"{path}.lock", "a") as handle:
+        mine = _try_flock(handle.fileno())
+        try:
+            yield mine
+        finally:
+            if mine:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.keys import ATTR, Outcome
-from tuner.storage import DEFAULT_ATTEMPTS, budget_lock, retry
+from tuner.storage import DEFAULT_ATTEMPTS, retry, stale_check_lock
 
 __all__ = [
     "OUTCOME_ATTR",
@@ -323,17 +323,18 @@ def count_outcome(study: optuna.Study, outcome: str) -> int:
 def fail_stale_trials(study: optuna.Study) -> None:
     """Fail trials whose worker stopped sending heartbeats (it died) and queue their retry.
 
-    Under the budget lock: the launch and every worker check, and on SQLite two checkers can
-    both read a stale trial as RUNNING and both fail it (pysqlite begins its transaction only
-    at the UPDATE, so Optuna's ``SELECT ... FOR UPDATE`` holds nothing). Both would then run
-    the failure callback and queue the trial's retry twice, one trial past the budget.
+    One checker at a time (:func:`tuner.storage.stale_check_lock`): a trial failed by two
+    would have its retry queued twice, one trial past the budget.
     """
     storage = rdb_storage(study)
     if storage is None:  # no heartbeats outside a database
         return
-    with budget_lock(storage, study.study_name), warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    with stale_check_lock(storage, study.study_name) as mine:
+        if not mine:
+            return  # another process is checking right now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
 
 def rdb_storage(study: optuna.Study) -> Any:
