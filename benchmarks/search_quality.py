@@ -309,6 +309,15 @@ ARMS: dict[str, Callable[[Problem, int, int, int], float]] = {
     "tuner-smp3": lambda p, s, t, e: run_tuner(
         p, s, t, e, {"name": "schedule_median", "rungs": [0.2, 0.4, 0.6]}, "tuner"
     ),
+    "tuner-k60": lambda p, s, t, e: run_tuner(
+        p, s, t, e, {"name": "schedule_median", "keep": 0.6}, "tuner"
+    ),
+    "tuner-k67": lambda p, s, t, e: run_tuner(
+        p, s, t, e, {"name": "schedule_median", "keep": 0.67}, "tuner"
+    ),
+    "tuner-k67s8": lambda p, s, t, e: run_tuner(
+        p, s, t, e, {"name": "schedule_median", "keep": 0.67, "n_startup_trials": 8}, "tuner"
+    ),
     "tuner-indep": lambda p, s, t, e: run_tuner(p, s, t, e, None, "indep"),
 }
 

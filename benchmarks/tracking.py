@@ -5,13 +5,15 @@ Two objectives. The realistic one (``--digits-trials`` trials, 0 skips it): the 
 trials, a report and a ``trial.log`` per epoch), run three ways: tracking off, to a local SQLite
 store, to a real ``mlflow server``; target: tracking <= 1.05x off. Then the no-op one:
 one study of ``--trials`` trials, ``--reports`` reports per trial, no-op training, SQLite study
-storage, run four ways in one process:
+storage, run four ways:
 
 - (a) tuner, tracking off;
 - (b) tuner, tracking to a local SQLite MLflow store;
 - (c) tuner, tracking to a real ``mlflow server`` on loopback;
 - (d) raw Optuna (``study.optimize``, the equivalent search space) with optuna-integration's
-  ``MLflowCallback`` to a local SQLite MLflow store (it logs each trial's final value only).
+  ``MLflowCallback`` to a local SQLite MLflow store (it logs each trial's final value only), as
+  a user's script run with ``python``: like ``tuner launch``, each run is a fresh process that
+  pays its interpreter's start and its imports.
 
 Arms (a)-(c) run through tuner's real code path, ``tuner.launch.launch`` on a study file. To be
 fair on a noisy machine the arms alternate: each study is grown in ``--rounds`` steps (a resume,
@@ -30,11 +32,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,54 +169,75 @@ def run_arms(arms: list[Any], trials: int, rounds: int, label: str) -> None:
         print(f"{label} round {r + 1}/{rounds}: {target} trials per arm", flush=True)
 
 
+# Arm (d) as a user writes it: a script that opens the study and optimizes with the callback,
+# run as its own process each round, as `tuner launch` runs its own (so both pay the start-up:
+# the interpreter, the imports and MLflow's store).
+OPTUNA_SCRIPT = textwrap.dedent(
+    """
+    import sys, time, warnings
+    import optuna
+    from optuna_integration.mlflow import MLflowCallback
+
+    storage, tracking_uri, reports, trials, samples = sys.argv[1:6]
+    reports, trials = int(reports), int(trials)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    costs = []
+
+    def objective(trial):
+        optimizer = trial.suggest_categorical("optimizer", ["adam", "sgd"])
+        lr = trial.suggest_float(f"{optimizer}.lr", 1e-5, 1.0, log=True)
+        value = 1.0
+        for step in range(reports):
+            value = lr * (step + 1) ** -0.5
+            t0 = time.perf_counter()
+            trial.report(value, step)
+            costs.append(time.perf_counter() - t0)
+        return value
+
+    study = optuna.create_study(
+        study_name="bench-optuna", storage=storage, load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner(),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the callback is deprecated (and experimental)
+        callback = MLflowCallback(tracking_uri=tracking_uri, metric_name="loss")
+    missing = trials - len(study.trials)
+    if missing > 0:
+        study.optimize(objective, n_trials=missing, callbacks=[callback])
+    with open(samples, "w") as out:
+        out.writelines(f"report {c}\\n" for c in costs)
+    """
+)
+
+
 class OptunaArm:
-    """Arm (d): ``study.optimize`` with optuna-integration's ``MLflowCallback``."""
+    """Arm (d): a user's script, ``study.optimize`` with optuna-integration's ``MLflowCallback``,
+    one process per round like the tuner arms' launches."""
 
     def __init__(self, root: Path, tracking_uri: str, reports: int) -> None:
-        import optuna
-        from optuna_integration.mlflow import MLflowCallback
-
         self.name = "optuna"
         self.wall = 0.0
         self.report_costs: list[float] = []
         self.log_costs: list[float] = []
         self.reports = reports
-        folder = root / self.name
-        folder.mkdir()
-        t0 = time.perf_counter()
-        self.study = optuna.create_study(
-            study_name="bench-optuna",
-            storage=f"sqlite:///{folder / 'study.db'}",
-            sampler=optuna.samplers.RandomSampler(seed=0),
-            pruner=optuna.pruners.NopPruner(),
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the callback is deprecated (and experimental)
-            self.callback = MLflowCallback(
-                tracking_uri=tracking_uri,
-                metric_name="loss",
-            )
-        self.wall += time.perf_counter() - t0
-
-    def objective(self, trial: Any) -> float:
-        """The equivalent search space (an optimizer, its learning rate), no training."""
-        optimizer = trial.suggest_categorical("optimizer", ["adam", "sgd"])
-        lr = trial.suggest_float(f"{optimizer}.lr", 1e-5, 1.0, log=True)
-        value = 1.0
-        for step in range(self.reports):
-            value = lr * (step + 1) ** -0.5
-            t0 = time.perf_counter()
-            trial.report(value, step)
-            self.report_costs.append(time.perf_counter() - t0)
-        return value
+        self.tracking_uri = tracking_uri
+        self.folder = root / self.name
+        self.folder.mkdir()
+        self.script = self.folder / "optuna_study.py"
+        self.script.write_text(OPTUNA_SCRIPT)
 
     def run_to(self, trials: int) -> None:
-        """Run trials until the study has ``trials``; add the time."""
+        """Run the script until the study has ``trials``; add the time and the samples."""
+        samples = self.folder / "samples.txt"
         t0 = time.perf_counter()
-        missing = trials - len(self.study.trials)
-        if missing > 0:
-            self.study.optimize(self.objective, n_trials=missing, callbacks=[self.callback])
+        subprocess.run(
+            [sys.executable, str(self.script), f"sqlite:///{self.folder / 'study.db'}",
+             self.tracking_uri, str(self.reports), str(trials), str(samples)],
+            check=True,
+        )  # fmt: skip
         self.wall += time.perf_counter() - t0
+        for line in samples.read_text().splitlines():
+            self.report_costs.append(float(line.split()[1]))
 
 
 def quiet_logs() -> None:

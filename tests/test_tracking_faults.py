@@ -267,8 +267,14 @@ def test_two_launches_on_a_fresh_default_mlflow_db_both_succeed(tmp_path: Path) 
         for p, out in zip(procs, outputs, strict=True):
             assert p.returncode == 0, f"attempt {attempt}:\n{out}"
             assert "Traceback" not in out, out
-        exp = MlflowClient(f"sqlite:///{folder}/mlflow.db").get_experiment_by_name("race")
+        client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+        exp = client.get_experiment_by_name("race")
         assert exp is not None
+        # Two launches and their workers opened the study together: one parent run for it.
+        parents = client.search_runs(
+            [exp.experiment_id], filter_string="tags.`tuner.role` = 'study'"
+        )
+        assert len(parents) == 1, f"attempt {attempt}: {len(parents)} parent runs"
 
 
 # -- passwords in every URL form -------------------------------------------------------------

@@ -111,15 +111,17 @@ def launch(
     for slot in slots:
         _check_device(slot.tag)
     echo(f"workers: {len(slots)} ({_describe_slots(slots)})")
-    session = _open_session(study_file)
-    storage, study, tracker = session.storage, session.study, session.tracker
+    # MLflow is opened once the workers are starting: its import and store take seconds, which
+    # the workers spend importing torch and the objective.
+    session = _open_session(study_file, tracking=False)
+    study = session.study
     timeout = study_file.budget.timeout
     deadline = time.time() + timeout if timeout else None
     progress = Progress(study, study_file, echo, live=live and not quiet)
     try:
         supervisor = Supervisor(
-            study_file, storage=storage, study=study, tracker=tracker, slots=slots,
-            progress=progress, deadline=deadline, quiet=quiet,
+            study_file, session=session, slots=slots, progress=progress, deadline=deadline,
+            quiet=quiet, after_spawn=session.open_tracking,
         )  # fmt: skip
         try:
             stop = supervisor.run()
@@ -128,13 +130,13 @@ def launch(
         summary = summarize(study, budget=study_file.budget.trials, compare=study_file.compare)
         summary.stop_reason = stop.reason
         summary.mlflow_view = mlflow_view(
-            study_file.mlflow.tracking_uri, getattr(tracker, "experiment_id", None)
+            study_file.mlflow.tracking_uri, getattr(session.tracker, "experiment_id", None)
         )
-        _update_parent(tracker, summary)
-        tracker.end_study()
+        _update_parent(session.tracker, summary)
+        session.tracker.end_study()
         return summary, stop
     finally:
-        tracker.close(timeout=30.0)
+        session.close(timeout=30.0)
 
 
 def run_worker(

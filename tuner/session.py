@@ -32,7 +32,8 @@ import optuna
 
 from tuner.errors import ConfigError, StorageError, TunerError
 from tuner.keys import ATTR
-from tuner.storage import dialect_of, open_storage, redact_url
+from tuner.storage import budget_lock, dialect_of, open_storage, redact_url
+from tuner.trialdb import rdb_storage
 
 if TYPE_CHECKING:
     from tuner.studyfile import StudyFile
@@ -52,23 +53,32 @@ class Session:
     study: optuna.Study
     tracker: Tracker
 
+    def open_tracking(self) -> None:
+        """Start tracking (a session opened with ``tracking=False``): the tracker and the
+        study's MLflow parent run, found or created."""
+        self.tracker = _open_tracking(self.study_file, self.study)
+
     def close(self, timeout: float = 30.0) -> None:
         """Flush and stop the tracker (bounded by ``timeout``)."""
         self.tracker.close(timeout=timeout)
 
 
-def open_session(study_file: StudyFile, *, patience: float = 0.0, worker: int = 0) -> Session:
+def open_session(
+    study_file: StudyFile, *, patience: float = 0.0, worker: int = 0, tracking: bool = True
+) -> Session:
     """Open (creating what is missing) the storage, the study and the MLflow parent run.
 
     A storage that cannot be reached is retried for ``patience`` seconds when the error is
     transient (a PostgreSQL restart): a worker started meanwhile waits instead of dying.
-    ``worker`` is this worker's number: its sampler's seed derives from it.
+    ``worker`` is this worker's number: its sampler's seed derives from it. With ``tracking``
+    False the tracker tracks nothing until :meth:`Session.open_tracking` (``launch`` starts
+    its workers first: importing MLflow and opening its store takes seconds).
     """
     give_up = time.monotonic() + patience
     wait = 1.0
     while True:
         try:
-            return _open_once(study_file, worker)
+            return _open_once(study_file, worker, tracking)
         except StorageError as exc:
             if not exc.transient or time.monotonic() + wait > give_up:
                 raise
@@ -77,29 +87,48 @@ def open_session(study_file: StudyFile, *, patience: float = 0.0, worker: int = 
             wait = min(wait * 2, 10.0)
 
 
-def _open_once(study_file: StudyFile, worker: int = 0) -> Session:
-    from tuner.tracking import make_tracker
+def _open_once(study_file: StudyFile, worker: int, tracking: bool) -> Session:
+    from tuner.tracking import NullTracker
+
+    session: Session | None = None
+    # A trial lost with its worker closes its MLflow run through whichever tracker is open then.
+    storage = open_study_storage(
+        study_file, lambda: session.tracker if session is not None else NullTracker()
+    )
+    study = open_study(study_file, storage, worker=worker)
+    session = Session(study_file, storage, study, NullTracker())
+    if tracking:
+        session.open_tracking()
+    return session
+
+
+def _open_tracking(study_file: StudyFile, study: optuna.Study) -> Tracker:
+    from tuner.tracking import NullTracker, make_tracker
 
     tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
-    storage = open_study_storage(study_file, tracker)
-    study = open_study(study_file, storage, worker=worker)
-    existing = study.user_attrs.get(ATTR.PARENT_RUN)
-    parent = tracker.open_study(
-        study_name=study_file.name,
-        experiment=study_file.mlflow.experiment,
-        study_yaml_text=study_file.raw_text,
-        tags={
-            "tuner.sampler": study_file.sampler.name,
-            "tuner.pruner": study_file.pruner.name,
-            "tuner.storage_dialect": dialect_of(study_file.storage),
-            "tuner.direction": study_file.direction,
-            "tuner.metric": study_file.metric,
-        },
-        existing_parent_run_id=existing,
-    )
-    if parent is not None and parent != existing:
-        study.set_user_attr(ATTR.PARENT_RUN, parent)
-    return Session(study_file, storage, study, tracker)
+    if isinstance(tracker, NullTracker):
+        return tracker
+    # One parent run per study: workers that start together (by hand, on several machines)
+    # would each create one. Under the budget lock the first creates it and stores its id in
+    # the study; the others find it there.
+    with budget_lock(rdb_storage(study) or study_file.storage, study_file.name):
+        existing = study.user_attrs.get(ATTR.PARENT_RUN)
+        parent = tracker.open_study(
+            study_name=study_file.name,
+            experiment=study_file.mlflow.experiment,
+            study_yaml_text=study_file.raw_text,
+            tags={
+                "tuner.sampler": study_file.sampler.name,
+                "tuner.pruner": study_file.pruner.name,
+                "tuner.storage_dialect": dialect_of(study_file.storage),
+                "tuner.direction": study_file.direction,
+                "tuner.metric": study_file.metric,
+            },
+            existing_parent_run_id=existing,
+        )
+        if parent is not None and parent != existing:
+            study.set_user_attr(ATTR.PARENT_RUN, parent)
+    return tracker
 
 
 def open_study(
@@ -142,7 +171,7 @@ def load_study(study_file: StudyFile, *, heartbeats: bool = False) -> optuna.Stu
     from tuner.tracking import NullTracker
 
     if heartbeats:
-        storage = open_study_storage(study_file, NullTracker(), create=False)
+        storage = open_study_storage(study_file, NullTracker, create=False)
     else:
         storage = open_storage(study_file.storage, create=False)
     try:
@@ -155,11 +184,12 @@ def load_study(study_file: StudyFile, *, heartbeats: bool = False) -> optuna.Stu
 
 
 def open_study_storage(
-    study_file: StudyFile, tracker: Tracker, *, create: bool = True
+    study_file: StudyFile, tracker: Callable[[], Tracker], *, create: bool = True
 ) -> optuna.storages.BaseStorage:
     """The study database with heartbeats on: a trial whose worker went silent for
-    ``workers.grace_period`` is failed, queued again, and its MLflow run closed as KILLED.
-    With ``create=False`` a missing database is an error instead of a new one."""
+    ``workers.grace_period`` is failed, queued again, and its MLflow run closed as KILLED by
+    the tracker that ``tracker()`` returns then. With ``create=False`` a missing database is an
+    error instead of a new one."""
     return open_storage(
         study_file.storage,
         heartbeat_interval=study_file.workers.heartbeat_interval,
@@ -170,7 +200,7 @@ def open_study_storage(
 
 
 def _retry_stale_trials(
-    tracker: Tracker,
+    tracker: Callable[[], Tracker],
 ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     """The callback for a trial lost with its worker: queue it again with the same parameters,
     and close its MLflow run as KILLED (no recorder of the dead worker will ever end it)."""
@@ -183,6 +213,6 @@ def _retry_stale_trials(
 
     def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         retry(study, trial)
-        tracker.kill_trial(trial.number, reason="its worker stopped sending heartbeats")
+        tracker().kill_trial(trial.number, reason="its worker stopped sending heartbeats")
 
     return on_stale

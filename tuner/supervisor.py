@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +48,8 @@ from tuner.trialdb import budget_counts, fail_stale_trials, heartbeat_interval
 if TYPE_CHECKING:
     from tuner.launch import Slot
     from tuner.progress import Progress
+    from tuner.session import Session
     from tuner.studyfile import StudyFile
-    from tuner.tracking import Tracker
 
 __all__ = ["KILL_GRACE", "STOP_GRACE", "EventWriter", "Stop", "Supervisor"]
 
@@ -107,26 +107,27 @@ class _WorkerProcess:
 class Supervisor:
     """Run ``slots`` worker processes on the study until it is done; see the module docstring.
 
-    Collaborators are passed in: the storage and study (to fail the trials of dead workers), the
-    tracker (to close their MLflow runs) and the progress display.
+    Collaborators are passed in: the session (its storage and study to fail the trials of dead
+    workers, its tracker to close their MLflow runs) and the progress display. ``after_spawn``
+    runs once the workers are started (launch opens MLflow then).
     """
 
     def __init__(
         self,
         study_file: StudyFile,
         *,
-        storage: optuna.storages.BaseStorage,
-        study: optuna.Study,
-        tracker: Tracker,
+        session: Session,
         slots: list[Slot],
         progress: Progress,
         deadline: float | None,
         quiet: bool = False,
+        after_spawn: Callable[[], None] | None = None,
     ) -> None:
         self.sf = study_file
-        self.storage = storage
-        self.study = study
-        self.tracker = tracker
+        self.session = session
+        self.storage = session.storage
+        self.study = session.study
+        self.after_spawn = after_spawn
         self.slots = slots
         self.progress = progress
         self.deadline = deadline
@@ -151,6 +152,8 @@ class Supervisor:
             try:
                 for index, slot in enumerate(self.slots):
                     self._spawn(index, slot)
+                if self.after_spawn is not None:
+                    self.after_spawn()
                 while self.workers:
                     self._wait(timeout=0.25)
                     self._handle_signals()
@@ -421,7 +424,7 @@ class Supervisor:
         except Exception as exc:  # the heartbeat check fails it after the grace period
             log.warning("could not record trial %d as %s: %s", running.number, outcome.value, exc)
             return
-        self.tracker.kill_trial(running.number, reason=reason)
+        self.session.tracker.kill_trial(running.number, reason=reason)
         self.progress.tick(self._running())
         self.progress.trial_ended(
             number=running.number, outcome=outcome.value, value=None, reason=reason, worker=None

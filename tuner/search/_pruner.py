@@ -11,8 +11,8 @@ that win at the end. :class:`ScheduleMedianPruner` therefore
 - compares it with the trials of its own schedule that reached the same checkpoint (complete,
   pruned or still running, as ASHA does), falling back to the coarser family (constant or
   decaying) and then to every trial only when its own has too few;
-- prunes only a trial worse than the median of those peers, and only once ``n_startup_trials``
-  trials are complete.
+- prunes only a trial outside the best ``keep`` fraction of those peers (the median by
+  default), and only once ``n_startup_trials`` trials are complete.
 
 Measured against Hyperband, the median pruner and no pruning in
 ``benchmarks/search_quality.py`` (see benchmarks/RESULTS.md).
@@ -43,6 +43,8 @@ class ScheduleMedianPruner(optuna.pruners.BasePruner):
         rungs: the fractions of ``max_resource`` at which a trial is judged.
         n_startup_trials: complete trials needed before anything is pruned.
         n_min_peers: peers needed at a checkpoint for a comparison.
+        keep: a trial goes on while it is among the best ``keep`` fraction of its peers
+            (0.5: pruned when worse than their median; larger prunes fewer).
     """
 
     def __init__(
@@ -51,12 +53,16 @@ class ScheduleMedianPruner(optuna.pruners.BasePruner):
         rungs: Sequence[float] = (0.2, 0.5),
         n_startup_trials: int = 5,
         n_min_peers: int = 4,
+        keep: float = 0.5,
     ) -> None:
         if max_resource < 1:
             raise ValueError(f"`max_resource >= 1` must hold, but got max_resource={max_resource}")
         for r in rungs:
             if not 0 < r < 1:
                 raise ValueError(f"each rung must lie in (0, 1), but got rungs={list(rungs)}")
+        if not 0 < keep < 1:
+            raise ValueError(f"`0 < keep < 1` must hold, but got keep={keep}")
+        self.keep = keep
         self.max_resource = max_resource
         self.rungs = tuple(rungs)
         self.n_startup_trials = n_startup_trials
@@ -94,10 +100,10 @@ class ScheduleMedianPruner(optuna.pruners.BasePruner):
                 break
         if len(peers) < self.n_min_peers:
             return False
-        median = sorted(peers)[len(peers) // 2]
-        if study.direction == optuna.study.StudyDirection.MAXIMIZE:
-            return value < median
-        return value > median
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        best_first = sorted(peers, reverse=maximize)
+        bar = best_first[min(len(peers) - 1, math.floor(self.keep * len(peers)))]
+        return value < bar if maximize else value > bar
 
 
 def _schedule(trial: FrozenTrial) -> str:
