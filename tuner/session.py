@@ -53,10 +53,23 @@ class Session:
     study: optuna.Study
     tracker: Tracker
 
-    def open_tracking(self) -> None:
+    def open_tracking(self, *, background: bool = False) -> None:
         """Start tracking (a session opened with ``tracking=False``): the tracker and the
-        study's MLflow parent run, found or created."""
-        self.tracker = _open_tracking(self.study_file, self.study)
+        study's MLflow parent run, found or created.
+
+        With ``background`` that happens on a thread while trials run
+        (:class:`~tuner.tracking.OpeningTracker`); a failure there is logged and leaves this
+        process untracked, so only a worker under ``launch`` (which opens MLflow itself and
+        stops on its errors) opens in the background.
+        """
+        if self.study_file.mlflow.tracking_uri in (None, "off"):
+            return
+        if background:
+            from tuner.tracking._opening import OpeningTracker
+
+            self.tracker = OpeningTracker(lambda: _open_tracking(self.study_file, self.study))
+        else:
+            self.tracker = _open_tracking(self.study_file, self.study)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush and stop the tracker (bounded by ``timeout``)."""
@@ -103,16 +116,11 @@ def _open_once(study_file: StudyFile, worker: int, tracking: bool) -> Session:
 
 
 def _open_tracking(study_file: StudyFile, study: optuna.Study) -> Tracker:
-    from tuner.tracking import NullTracker, make_tracker
+    from tuner.tracking import make_tracker
 
     tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
-    if isinstance(tracker, NullTracker):
-        return tracker
-    # One parent run per study: workers that start together (by hand, on several machines)
-    # would each create one. Under the budget lock the first creates it and stores its id in
-    # the study; the others find it there.
-    with budget_lock(rdb_storage(study) or study_file.storage, study_file.name):
-        existing = study.user_attrs.get(ATTR.PARENT_RUN)
+
+    def open_parent(existing: str | None) -> None:
         parent = tracker.open_study(
             study_name=study_file.name,
             experiment=study_file.mlflow.experiment,
@@ -128,6 +136,16 @@ def _open_tracking(study_file: StudyFile, study: optuna.Study) -> Tracker:
         )
         if parent is not None and parent != existing:
             study.set_user_attr(ATTR.PARENT_RUN, parent)
+
+    existing = study.user_attrs.get(ATTR.PARENT_RUN)
+    if existing is not None:
+        open_parent(existing)
+        return tracker
+    # One parent run per study: workers that start together (by hand, on several machines)
+    # would each create one. Under the budget lock the first creates it and stores its id in
+    # the study; the others find it there.
+    with budget_lock(rdb_storage(study) or study_file.storage, study_file.name):
+        open_parent(study.user_attrs.get(ATTR.PARENT_RUN))
     return tracker
 
 
