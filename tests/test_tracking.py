@@ -32,7 +32,6 @@ from tuner.tracking import (
     sync_study,
 )
 from tuner.tracking._client import ensure_experiment, terminate_run
-from tuner.tracking._opening import OpeningTracker
 
 METRIC = "val_accuracy"
 STUDY_YAML = "name: digits\nobjective: digits.py:objective\nmetric: val_accuracy\n"
@@ -114,19 +113,9 @@ class Impl:
 
     name: str
     uri: str | None
-    opening: bool = False  # an OpeningTracker around it, which opens on a thread
 
     def make(self, experiment: str) -> Tracker:
-        if not self.opening:
-            return make_tracker(self.uri, experiment=experiment)
-
-        def open_real() -> Tracker:
-            time.sleep(0.5)  # MLflow's import: the trial's first calls come before it is open
-            tracker = make_tracker(self.uri, experiment=experiment)
-            open_study(tracker, experiment)
-            return tracker
-
-        return OpeningTracker(open_real)
+        return make_tracker(self.uri, experiment=experiment)
 
     def runs(self, experiment: str, parent: str | None) -> dict[str, Run] | None:
         if self.uri is None:
@@ -136,14 +125,12 @@ class Impl:
         return {r.info.run_name: r for r in children(client, experiment, parent)}
 
 
-@pytest.fixture(params=["off", "sqlite", "server", "opening-sqlite"])
+@pytest.fixture(params=["off", "sqlite", "server"])
 def impl(request: pytest.FixtureRequest, local_dir: Path) -> Impl:
     if request.param == "off":
         return Impl("off", None)
     if request.param == "sqlite":
         return Impl("sqlite", f"sqlite:///{local_dir}/mlflow.db")
-    if request.param == "opening-sqlite":
-        return Impl("opening-sqlite", f"sqlite:///{local_dir}/mlflow.db", opening=True)
     srv: MlflowServer = request.getfixturevalue("server")
     srv.start()
     return Impl("server", srv.url)
@@ -178,8 +165,6 @@ def test_every_tracker_records_the_trial_lifecycle(impl: Impl, experiment: str) 
     # After close nothing raises (a late report from a thread that did not notice).
     recorders[0].log({METRIC: 1.0}, step=9)
 
-    if impl.opening:  # it opened the study itself, after the calls above began
-        parent = tracker.parent_run_id
     runs = impl.runs(experiment, parent)
     if runs is None:  # tracking off: nothing recorded anywhere, and no run ids
         assert parent is None and all(r.run_id is None for r in recorders)

@@ -172,14 +172,7 @@ def run_worker(
     worker = (
         int(index) if index.isdigit() else worker_index(f"{socket.gethostname()}/{os.getpid()}")
     )
-    # Under launch, MLflow opens on a thread while the first trials run (its import and store
-    # take seconds; launch itself opens it too and stops everything on its errors).
-    supervised = supervisor_pid is not None
-    session = _open_session(
-        study_file, patience=STARTUP_PATIENCE, worker=worker, tracking=not supervised
-    )
-    if supervised:
-        session.open_tracking(background=True)
+    session = _open_session(study_file, patience=STARTUP_PATIENCE, worker=worker)
     study, tracker = session.study, session.tracker
     if deadline is None and study_file.budget.timeout:
         deadline = time.time() + study_file.budget.timeout

@@ -53,23 +53,17 @@ class Session:
     study: optuna.Study
     tracker: Tracker
 
-    def open_tracking(self, *, background: bool = False) -> None:
+    def open_tracking(self) -> None:
         """Start tracking (a session opened with ``tracking=False``): the tracker and the
         study's MLflow parent run, found or created.
 
-        With ``background`` that happens on a thread while trials run
-        (:class:`~tuner.tracking.OpeningTracker`); a failure there is logged and leaves this
-        process untracked, so only a worker under ``launch`` (which opens MLflow itself and
-        stops on its errors) opens in the background.
+        Not on a background thread while trials run, which would hide MLflow's ~4 s start-up
+        in a fresh worker (tried): MLflow's import silences a urllib3 warning inside
+        ``warnings.catch_warnings``, whose filters are process-global before Python 3.14, and
+        the runner's own ``catch_warnings`` around ``study.ask()`` raced with it (the warning
+        leaked into the launch's output; filters can be lost or left behind the same way).
         """
-        if self.study_file.mlflow.tracking_uri in (None, "off"):
-            return
-        if background:
-            from tuner.tracking._opening import OpeningTracker
-
-            self.tracker = OpeningTracker(lambda: _open_tracking(self.study_file, self.study))
-        else:
-            self.tracker = _open_tracking(self.study_file, self.study)
+        self.tracker = _open_tracking(self.study_file, self.study)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush and stop the tracker (bounded by ``timeout``)."""
