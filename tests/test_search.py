@@ -99,6 +99,21 @@ def test_probe_ignores_minibatch_noise_and_stops_on_a_real_blow_up():
     assert 0.1 / 3 <= probe.diverges_at <= 0.1 * 3, probe.diverges_at
 
 
+def test_probe_is_not_fooled_by_bimodal_minibatch_norms():
+    # The gradient norms an Adam probe saw on benchmarks/search_quality.py's large_lr (two kinds
+    # of minibatches, about 6x apart, no blow-up yet), then the same pattern on: a floor taken
+    # as the lowest window median read the flip back up as a blow-up at lr 5.6e-4.
+    seen = [0.13, 0.20, 0.84, 0.86, 0.86, 0.12, 0.15, 1.0, 0.64, 1.2]
+    probe = LrProbe(1e-4, 10.0, steps=40)
+    for step in range(40):
+        lr = probe.lr_at(step)
+        blow_up = max(1.0, lr / 1.0) ** 4  # a real blow-up from lr = 1 on
+        if probe.observe(lr, seen[step % len(seen)] * blow_up):
+            break
+    assert probe.diverges_at is not None
+    assert 1.0 / 3 <= probe.diverges_at <= 3.0, probe.diverges_at
+
+
 def worker(sf: StudyFile, objective) -> optuna.Study:
     study, tracker = open_session(sf)
     Worker(study_file=sf, study=study, objective=objective, tracker=tracker).run()

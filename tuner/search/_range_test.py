@@ -229,7 +229,7 @@ class LrProbe:
         self.trailing.append(statistics.median(self.raw[-WINDOW:]))
         full = self.trailing[WINDOW - 1 :]  # medians of a whole window only
         if len(full) > PERSIST and all(
-            m - min(full) > math.log(STOP_RATIO) for m in full[-PERSIST:]
+            m - self._floor() > math.log(STOP_RATIO) for m in full[-PERSIST:]
         ):
             return self._finish(diverged=True)
         if len(self.lrs) >= self.steps:
@@ -242,15 +242,29 @@ class LrProbe:
             self.diverges_at = self._onset()
         return True
 
+    def _floor(self) -> float:
+        """The level the log norm held before any climb: the lowest level that lasted.
+
+        The lowest level that :data:`PERSIST` consecutive window medians all reached, not the
+        lowest window median: on some problems the minibatch norms are bimodal (two kinds of
+        batches, 6x apart), a window's median can land on the low mode alone, and a floor at
+        that outlier read the next windows as a blow-up (seen on the large_lr problem of
+        benchmarks/search_quality.py: Adam stopped at lr 5.6e-4, three decades early). A real
+        descent lasts, and so does a real blow-up.
+        """
+        full = self.trailing[WINDOW - 1 :] or self.trailing
+        if len(full) < PERSIST:
+            return statistics.median(full)
+        return min(max(full[i : i + PERSIST]) for i in range(len(full) - PERSIST + 1))
+
     def _onset(self) -> float:
         """The learning rate where the final climb began.
 
-        The floor is the lowest trailing median; the climb began after the last step whose
+        The floor is :meth:`_floor`; the climb began after the last step whose
         trailing median was within :data:`ONSET_RATIO` of it (below that, batch noise). A
         trailing median of a rising series trails it by half a window, hence the shift.
         """
-        full = self.trailing[WINDOW - 1 :] or self.trailing
-        floor = min(full)
+        floor = self._floor()
         last = len(self.trailing) - 1
         while last > 0 and self.trailing[last] > floor + math.log(ONSET_RATIO):
             last -= 1
