@@ -110,9 +110,11 @@ def _open_once(study_file: StudyFile, worker: int, tracking: bool) -> Session:
 
 
 def _open_tracking(study_file: StudyFile, study: optuna.Study) -> Tracker:
-    from tuner.tracking import make_tracker
+    from tuner.tracking import NullTracker, make_tracker
 
     tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
+    if isinstance(tracker, NullTracker):
+        return tracker  # tracking off: no parent run to find or create, no lock to take
 
     def open_parent(existing: str | None) -> None:
         parent = tracker.open_study(
