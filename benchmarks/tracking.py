@@ -15,7 +15,8 @@ storage, run four ways:
   a user's script run with ``python``: like ``tuner launch``, each run is a fresh process that
   pays its interpreter's start and its imports.
 
-Arms (a)-(c) run through tuner's real code path, ``tuner.launch.launch`` on a study file. To be
+Arms (a)-(c) run through tuner's real code path, ``tuner launch`` on a study file, each run a
+fresh process as a user runs it (so its MLflow start-up counts, as arm (d)'s does). To be
 fair on a noisy machine the arms alternate: each study is grown in ``--rounds`` steps (a resume,
 as ``tuner launch --trials`` does) and the order of the arms rotates every round. Printed: wall
 time per arm, the ratios against the targets ((b), (c) <= 1.3x (a); (b) faster than (d)), and
@@ -106,7 +107,7 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 class TunerArm:
-    """One of arms (a)-(c): a study file in its own folder, grown by ``tuner.launch.launch``."""
+    """One of arms (a)-(c): a study file in its own folder, grown by ``tuner launch``."""
 
     def __init__(
         self, name: str, root: Path, tracking_uri: str, reports: int, *, digits: bool = False
@@ -137,20 +138,26 @@ class TunerArm:
             "params": {"batch_size": 64} if digits else {"reports": reports},
             "mlflow": {"tracking_uri": tracking_uri, "experiment": f"bench-{name}"},
             "workers": {"devices": ["cpu"]},
+            # Nor the finalists' replicates (DESIGN §8): arm (d) has none.
+            "compare": {"seeds": 0},
         }
         self.path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def run_to(self, trials: int) -> None:
-        """Resume the study up to ``trials`` finished trials; add the time and the samples."""
-        from tuner.launch import launch
-        from tuner.studyfile import load_study_file, with_overrides
-
+        """Resume the study up to ``trials`` finished trials with ``tuner launch`` in a fresh
+        process, as a user runs it (it pays its own imports, MLflow's included, like arm (d));
+        add the time and the samples."""
         samples = self.path.parent / "samples.txt"
         samples.write_text("")
-        os.environ["TUNER_BENCH_SAMPLES"] = str(samples)  # the workers inherit it
+        env = {**os.environ, "TUNER_BENCH_SAMPLES": str(samples)}  # the workers inherit it
         t0 = time.perf_counter()
-        study_file = with_overrides(load_study_file(self.path), trials=trials, timeout=None)
-        launch(study_file, echo=lambda _: None)
+        done = subprocess.run(
+            [sys.executable, "-m", "tuner", "launch", str(self.path), "--trials", str(trials),
+             "--quiet"],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode != 0:
+            sys.exit(f"tuner launch failed for arm {self.name}:\n{done.stdout}{done.stderr}")
         self.wall += time.perf_counter() - t0
         for line in samples.read_text().splitlines():
             kind, cost = line.split()

@@ -6,10 +6,13 @@ backends write). No mocks: the fault tests stop and restart the real server.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import re
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,11 +25,14 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from tests.mlflow_server import MlflowServer, free_port
+from tuner.supervisor import EventWriter
 from tuner.tracking import (
     HTTP_DEFAULTS,
     PARENT_RUN_ATTR,
     MlflowTracker,
+    RelayTracker,
     Tracker,
+    TrackRelay,
     TrialRecorder,
     make_tracker,
     sync_study,
@@ -109,13 +115,44 @@ def bounded_mlflow_requests(monkeypatch: pytest.MonkeyPatch) -> None:
 @dataclass
 class Impl:
     """A Tracker implementation and how to read back what it recorded (None: it records
-    nothing by design)."""
+    nothing by design).
+
+    ``relay`` is a worker's tracker under ``tuner launch``: a RelayTracker writing to a real
+    pipe, read by a thread that replays the records into an MlflowTracker on the SQLite store,
+    as the launch process does (its parent run is opened first, as launch opens it before its
+    workers train).
+    """
 
     name: str
     uri: str | None
+    relayed: bool = False
+    _launch: MlflowTracker | None = None
+    _reader: threading.Thread | None = None
+    _write_fd: int | None = None
 
     def make(self, experiment: str) -> Tracker:
-        return make_tracker(self.uri, experiment=experiment)
+        if not self.relayed:
+            return make_tracker(self.uri, experiment=experiment)
+        self._launch = MlflowTracker(self.uri, experiment=experiment)
+        open_study(self._launch, experiment)
+        read_fd, self._write_fd = os.pipe()
+        relay = TrackRelay(lambda: self._launch)
+        self._reader = threading.Thread(target=replay, args=(read_fd, relay), daemon=True)
+        self._reader.start()
+        return RelayTracker(EventWriter(self._write_fd))
+
+    def parent(self, opened: str | None) -> str | None:
+        """The parent run to read back: the launch side's for the relay."""
+        return self._launch.parent_run_id if self._launch is not None else opened
+
+    def settle(self) -> bool:
+        """Wait until the launch side delivered what it was sent (nothing to do otherwise)."""
+        if self._launch is None:
+            return True
+        assert self._write_fd is not None and self._reader is not None
+        os.close(self._write_fd)  # the worker exits: the reader sees the end of the pipe
+        self._reader.join(60)
+        return self._launch.close(120)
 
     def runs(self, experiment: str, parent: str | None) -> dict[str, Run] | None:
         if self.uri is None:
@@ -125,12 +162,22 @@ class Impl:
         return {r.info.run_name: r for r in children(client, experiment, parent)}
 
 
-@pytest.fixture(params=["off", "sqlite", "server"])
+def replay(fd: int, relay: TrackRelay) -> None:
+    """The launch process's reading of one worker's event pipe, as lines."""
+    with os.fdopen(fd, "rb") as pipe:
+        for line in pipe:
+            event = json.loads(line)
+            assert event["event"] == "track", event
+            relay.apply(event)
+
+
+@pytest.fixture(params=["off", "sqlite", "server", "relay"])
 def impl(request: pytest.FixtureRequest, local_dir: Path) -> Impl:
     if request.param == "off":
         return Impl("off", None)
-    if request.param == "sqlite":
-        return Impl("sqlite", f"sqlite:///{local_dir}/mlflow.db")
+    if request.param in ("sqlite", "relay"):
+        uri = f"sqlite:///{local_dir}/mlflow.db"
+        return Impl(request.param, uri, relayed=request.param == "relay")
     srv: MlflowServer = request.getfixturevalue("server")
     srv.start()
     return Impl("server", srv.url)
@@ -139,8 +186,8 @@ def impl(request: pytest.FixtureRequest, local_dir: Path) -> Impl:
 def test_every_tracker_records_the_trial_lifecycle(impl: Impl, experiment: str) -> None:
     tracker = impl.make(experiment)
     assert isinstance(tracker, Tracker)
-    parent = open_study(tracker, experiment)
-    assert tracker.parent_run_id == parent
+    opened = open_study(tracker, experiment)
+    assert tracker.parent_run_id == opened
     outcomes = ["complete", "pruned", "failed", "diverged", "interrupted"]
     marks = []
     recorders = []
@@ -164,7 +211,9 @@ def test_every_tracker_records_the_trial_lifecycle(impl: Impl, experiment: str) 
     tracker.close(1)  # closing twice is harmless
     # After close nothing raises (a late report from a thread that did not notice).
     recorders[0].log({METRIC: 1.0}, step=9)
+    assert impl.settle() is True
 
+    parent = impl.parent(opened)
     runs = impl.runs(experiment, parent)
     if runs is None:  # tracking off: nothing recorded anywhere, and no run ids
         assert parent is None and all(r.run_id is None for r in recorders)
@@ -181,7 +230,8 @@ def test_every_tracker_records_the_trial_lifecycle(impl: Impl, experiment: str) 
     client = MlflowClient(impl.uri)
     for number, recorder in enumerate(recorders):
         run = runs[f"trial-{number}"]
-        assert recorder.run_id == run.info.run_id
+        # A relayed run is made by the launch process: its id is known there only.
+        assert recorder.run_id == (None if impl.relayed else run.info.run_id)
         assert run.data.params == {"lr": "0.1", "n": str(number)}
         assert sorted(history(client, run.info.run_id, METRIC)) == [0, 1, 2]
     assert client.get_run(parent).info.status == "FINISHED"
@@ -190,7 +240,7 @@ def test_every_tracker_records_the_trial_lifecycle(impl: Impl, experiment: str) 
 
 def test_every_tracker_takes_a_report_in_microseconds(impl: Impl, experiment: str) -> None:
     tracker = impl.make(experiment)
-    open_study(tracker, experiment)
+    opened = open_study(tracker, experiment)
     recorder = tracker.start_trial(number=0, params={"lr": 0.1}, tags={})
     costs = []
     for step in range(3000):
@@ -204,9 +254,11 @@ def test_every_tracker_takes_a_report_in_microseconds(impl: Impl, experiment: st
     print(f"\nreport cost, {impl.name}: p50={p50 * 1e6:.1f}us p99={p99 * 1e6:.1f}us")
     # Sanity bounds only (a synchronous log_metric costs 6-100 ms); speed is benchmarked.
     assert p50 < 1e-3 and p99 < 20e-3
-    assert tracker.close(120)
-    if impl.uri is not None:
-        assert len(history(MlflowClient(impl.uri), recorder.run_id, METRIC)) == 3000
+    assert tracker.close(120) and impl.settle()
+    runs = impl.runs(experiment, impl.parent(opened))
+    if runs is not None:
+        run_id = runs["trial-0"].info.run_id
+        assert len(history(MlflowClient(impl.uri), run_id, METRIC)) == 3000
 
 
 def test_ending_a_run_is_one_quiet_store_write(

@@ -40,12 +40,15 @@ from tuner.tracking import PARENT_RUN_ATTR, flatten_params
 OUTCOMES = textwrap.dedent(
     """
     import os
+    import sys
     import time
 
     import torch
     import tuner
 
     def objective(trial):
+        with open("mlflow_imported.txt", "a") as f:  # a worker under launch never imports it
+            f.write(f"{'mlflow' in sys.modules}\\n")
         time.sleep(float(trial.params.get("sleep", 0)))
         if trial.number == int(trial.params.get("hang_trial", -1)):
             # A long trial that a test kills; its first report reaches MLflow first.
@@ -189,6 +192,9 @@ def test_a_launched_study_has_one_parent_and_a_run_per_trial(
     # 0 complete, 1 pruned, 2 diverged, 3 failed, 4 complete: four finished, the budget.
     outcomes = [t.user_attrs["tuner:outcome"] for t in study.trials]
     assert outcomes == [outcome_of(n) for n in range(5)]
+    # The workers sent their records through launch (tuner.tracking._relay): none of them
+    # imported MLflow, yet every trial is in it (below).
+    assert (tmp_path / "mlflow_imported.txt").read_text().split() == ["False"] * 5
 
     invoke("launch", str(path), "--trials", "6")  # resumes: 5 pruned, 6 diverged
     study = load(path)

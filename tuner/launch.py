@@ -156,6 +156,7 @@ def run_worker(
     """
     from tuner.objective import load_objective
     from tuner.storage import warn_if_sqlite_shared
+    from tuner.tracking import RelayTracker, tracking_off
 
     if supervisor_pid is None:
         # A local launch owns its SQLite file; the warning is for a worker joining from afar.
@@ -172,15 +173,23 @@ def run_worker(
     worker = (
         int(index) if index.isdigit() else worker_index(f"{socket.gethostname()}/{os.getpid()}")
     )
-    session = _open_session(study_file, patience=STARTUP_PATIENCE, worker=worker)
-    study, tracker = session.study, session.tracker
-    if deadline is None and study_file.budget.timeout:
-        deadline = time.time() + study_file.budget.timeout
     events = None
     if events_fd is not None:
         from tuner.supervisor import EventWriter
 
         events = EventWriter(events_fd)
+    # Under launch the records go to the launch process, which has MLflow open: this process
+    # never imports MLflow (seconds per worker start; tuner.tracking._relay).
+    relayed = events is not None and not tracking_off(study_file.mlflow.tracking_uri)
+    session = _open_session(
+        study_file, patience=STARTUP_PATIENCE, worker=worker, tracking=not relayed
+    )
+    if relayed:
+        assert events is not None
+        session.tracker = RelayTracker(events)
+    study, tracker = session.study, session.tracker
+    if deadline is None and study_file.budget.timeout:
+        deadline = time.time() + study_file.budget.timeout
     worker = Worker(
         study_file=study_file,
         study=study,

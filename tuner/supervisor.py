@@ -23,8 +23,10 @@ changes and they stop as on SIGTERM, re-queueing their trials.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -43,6 +45,7 @@ from optuna.trial import TrialState
 from tuner.compare import REPLICATE_ATTR
 from tuner.keys import ATTR, Outcome
 from tuner.runner import DEADLINE_GRACE, timed_out_reason
+from tuner.tracking import TRACK_EVENT, TrackRelay
 from tuner.trialdb import budget_counts, fail_stale_trials, heartbeat_interval
 
 if TYPE_CHECKING:
@@ -64,6 +67,9 @@ KILL_GRACE = 5.0
 WORKER_INDEX_ENV = "TUNER_WORKER_INDEX"
 # Longer lines of a worker's output are cut when relayed.
 MAX_LINE = 240
+# A worker's event pipe holds this much (Linux's default is 64 KiB): its tracking records wait
+# in it while launch opens MLflow, which takes seconds.
+EVENT_PIPE_SIZE = 1 << 20
 # Consecutive failed starts of one slot (no trial begun) before the slot is given up.
 MAX_BOOT_FAILURES = 3
 
@@ -143,6 +149,8 @@ class Supervisor:
         self._next_stale_check = 0.0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        # The workers' MLflow records, sent on their event pipes (tuner.tracking._relay).
+        self._relay = TrackRelay(lambda: self.session.tracker)
 
     # --- the main loop ---------------------------------------------------------------------
 
@@ -170,6 +178,10 @@ class Supervisor:
     def _spawn(self, index: int, slot: Slot) -> None:
         events_r, events_w = os.pipe()
         output_r, output_w = os.pipe()
+        with contextlib.suppress(OSError, AttributeError):
+            # Room for the workers' tracking records while launch opens MLflow (Linux only;
+            # elsewhere the default 64 KiB, and a record waits for room).
+            fcntl.fcntl(events_w, fcntl.F_SETPIPE_SZ, EVENT_PIPE_SIZE)
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         env[WORKER_INDEX_ENV] = str(index)
@@ -248,7 +260,9 @@ class Supervisor:
         except ValueError:
             return
         kind = event.get("event")
-        if kind == "start":
+        if kind == TRACK_EVENT:
+            self._relay.apply(event)
+        elif kind == "start":
             w.running = _Running(event["number"], event["trial_id"], time.monotonic())
             w.trials_started += 1
             self._boot_failures.pop(w.index, None)
@@ -424,7 +438,8 @@ class Supervisor:
         except Exception as exc:  # the heartbeat check fails it after the grace period
             log.warning("could not record trial %d as %s: %s", running.number, outcome.value, exc)
             return
-        self.session.tracker.kill_trial(running.number, reason=reason)
+        if not self._relay.end_lost(running.number, outcome.value, reason):
+            self.session.tracker.kill_trial(running.number, reason=reason)
         self.progress.tick(self._running())
         self.progress.trial_ended(
             number=running.number, outcome=outcome.value, value=None, reason=reason, worker=None
@@ -530,11 +545,12 @@ def _describe_exit(code: int) -> str:
 
 
 class EventWriter:
-    """The worker's end of its event pipe: one JSON line per event, never blocking a trial.
+    """The worker's end of its event pipe: one JSON line per event.
 
     A step event that does not fit in the pipe right now is dropped (the next one says more);
-    a start or end event waits up to a second. A supervisor that is gone is ignored: the
-    worker's watchdog notices it and stops the worker.
+    a start or end event waits up to a second; a tracking record (tuner.tracking._relay) waits
+    for room as long as the supervisor reads, since nothing else would deliver it. A supervisor
+    that is gone is ignored: the worker's watchdog notices it and stops the worker.
     """
 
     def __init__(self, fd: int) -> None:
@@ -544,7 +560,8 @@ class EventWriter:
 
     def __call__(self, event: dict[str, Any]) -> None:
         data = (json.dumps(event, default=str) + "\n").encode()
-        patience = 0.0 if event.get("event") == "step" else 1.0
+        kind = event.get("event")
+        patience = 0.0 if kind == "step" else math.inf if kind == TRACK_EVENT else 1.0
         give_up = time.monotonic() + patience
         with self._lock:
             while data:

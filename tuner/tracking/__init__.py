@@ -25,6 +25,7 @@ from tuner.tracking._base import (
     safe_text,
     study_results,
 )
+from tuner.tracking._relay import TRACK_EVENT, RelayRecorder, RelayTracker, TrackRelay
 
 if TYPE_CHECKING:
     from tuner.tracking._mlflow import MlflowRecorder, MlflowTracker
@@ -35,11 +36,15 @@ __all__ = [
     "OUTCOMES",
     "OUTCOME_STATUS",
     "PARENT_RUN_ATTR",
+    "TRACK_EVENT",
     "MlflowRecorder",
     "MlflowTracker",
     "NullRecorder",
     "NullTracker",
+    "RelayRecorder",
+    "RelayTracker",
     "SyncReport",
+    "TrackRelay",
     "Tracker",
     "TrialRecorder",
     "flatten_params",
@@ -47,6 +52,7 @@ __all__ = [
     "safe_text",
     "study_results",
     "sync_study",
+    "tracking_off",
 ]
 
 _LAZY = {
@@ -71,8 +77,17 @@ def make_tracker(tracking_uri: str | None, *, experiment: str) -> Tracker:
     >>> type(make_tracker("off", experiment="digits")).__name__
     'NullTracker'
     """
-    if tracking_uri is None or tracking_uri.strip().lower() == "off":
+    if tracking_off(tracking_uri):
         return NullTracker()
     from tuner.tracking._mlflow import MlflowTracker
 
     return MlflowTracker(tracking_uri, experiment=experiment)
+
+
+def tracking_off(tracking_uri: str | None) -> bool:
+    """Whether ``mlflow.tracking_uri`` turns tracking off (unset or ``off``).
+
+    >>> tracking_off("off"), tracking_off("sqlite:///mlflow.db")
+    (True, False)
+    """
+    return tracking_uri is None or tracking_uri.strip().lower() == "off"
