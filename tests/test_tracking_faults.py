@@ -249,6 +249,7 @@ def test_two_launches_on_a_fresh_default_mlflow_db_both_succeed(tmp_path: Path) 
             "search": {"optimizers": {"sgd": {}}, "schedules": ["constant"],
                        "lr_range_test": "off", "portfolio": False},
             "workers": {"devices": ["cpu"]},
+            "compare": {"seeds": 0},  # the race is in opening the stores, not in replicates
         }  # fmt: skip
         (folder / "study.yaml").write_text(yaml.safe_dump(doc))
         cmd = [sys.executable, "-m", "tuner", "launch", "study.yaml", "--quiet"]
