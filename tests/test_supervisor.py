@@ -311,6 +311,33 @@ def test_the_trials_override_reaches_every_worker(make_study):
     assert "finished trials   2 of 2" in proc.stdout
 
 
+def test_launch_shows_the_summary_then_waits_for_its_workers_own_exit_handlers(make_study):
+    # A worker says it is done before Python tears it down (about a second after torch), so
+    # the summary need not wait; but launch exits only once its workers have, and their exit
+    # handlers (the user's, here a slow one that writes a file) still run in full.
+    source = SLEEPS + textwrap.dedent(
+        """
+        import atexit, os
+
+        def _last_words():
+            time.sleep(2)
+            with open(f"exit-{os.getpid()}.txt", "w") as f:
+                f.write("ran")
+
+        atexit.register(_last_words)
+        """
+    )
+    path = make_study(source, budget={"trials": 2}, params={"steps": 1, "sleep": 0.01})
+    proc = start_launch(path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "finished trials   2 of 2" in out
+    assert last_line(err).startswith("done: the budget is spent")
+    written = list(path.parent.glob("exit-*.txt"))
+    # Written 2 s into the worker's exit, and there when launch has exited: launch waited.
+    assert len(written) == 1 and written[0].read_text() == "ran"
+
+
 def test_two_launches_on_a_fresh_sqlite_file_both_work(make_study, tmp_path):
     path = make_study(SLEEPS, budget={"trials": 2}, params={"steps": 1, "sleep": 0.01})
     for attempt in range(5):

@@ -12,12 +12,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from tuner.errors import ConfigError, TunerError
 from tuner.storage import redact_url
+
+if TYPE_CHECKING:
+    from tuner.summary import StudySummary
+    from tuner.supervisor import Stop
 
 __all__ = ["cli", "main"]
 
@@ -123,14 +127,18 @@ def launch(study_path: Path, trials: int | None, timeout: str | None, quiet: boo
 
     _setup_logging(quiet)
     study_file = _load(study_path, trials=trials, timeout=timeout)
-    summary, stop = run_launch(
+
+    def show(summary: StudySummary, stop: Stop) -> None:
+        click.echo(summary.format())
+        _echo(stop.line)  # the last line says why it stopped; the exit code agrees
+
+    _, stop = run_launch(
         study_file,
         echo=(lambda _: None) if quiet else _echo,
         live=sys.stderr.isatty(),
         quiet=quiet,
+        show=show,
     )
-    click.echo(summary.format())
-    _echo(stop.line)  # the last line says why it stopped; the exit code agrees
     _SKIP_TEARDOWN.append(stop.exit_code)
     if stop.exit_code:
         sys.exit(stop.exit_code)

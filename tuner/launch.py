@@ -91,13 +91,15 @@ def launch(
     slots: list[Slot] | None = None,
     live: bool = False,
     quiet: bool = False,
+    show: Callable[[StudySummary, Stop], None] | None = None,
 ) -> tuple[StudySummary, Stop]:
     """Run the study to its budget on this machine with supervised worker processes.
 
     Prints what it is doing at once (the study, where it is stored and tracked, the workers),
     shows progress while the workers run, and returns the final summary and why it stopped
     (with the exit code and one line for the user). The objective never runs in this
-    process: every slot is a ``tuner worker`` process (:mod:`tuner.supervisor`).
+    process: every slot is a ``tuner worker`` process (:mod:`tuner.supervisor`). ``show`` gets
+    the summary as soon as it is known, while the workers' processes are still ending.
     """
     from tuner.progress import Progress
     from tuner.supervisor import Supervisor
@@ -118,11 +120,11 @@ def launch(
     timeout = study_file.budget.timeout
     deadline = time.time() + timeout if timeout else None
     progress = Progress(study, study_file, echo, live=live and not quiet)
+    supervisor = Supervisor(
+        study_file, session=session, slots=slots, progress=progress, deadline=deadline,
+        quiet=quiet, after_spawn=session.open_tracking,
+    )  # fmt: skip
     try:
-        supervisor = Supervisor(
-            study_file, session=session, slots=slots, progress=progress, deadline=deadline,
-            quiet=quiet, after_spawn=session.open_tracking,
-        )  # fmt: skip
         try:
             stop = supervisor.run()
         finally:
@@ -134,9 +136,14 @@ def launch(
         )
         _update_parent(session.tracker, summary)
         session.tracker.end_study()
+        session.close(timeout=30.0)  # says what MLflow did not get, before the summary
+        if show is not None:
+            show(summary, stop)
         return summary, stop
     finally:
-        session.close(timeout=30.0)
+        session.close(timeout=30.0)  # a second close is harmless
+        # The workers said they were done; their teardown overlapped the summary.
+        supervisor.close()
 
 
 def run_worker(
@@ -211,9 +218,13 @@ def run_worker(
                 tracker,
                 summarize(study, budget=study_file.budget.trials, compare=study_file.compare),
             )
-        return reason
     finally:
         tracker.close(timeout=30.0)
+    if events is not None:
+        # Everything is recorded: launch need not wait for this process's teardown (about a
+        # second after torch) to write its summary.
+        events({"event": "done", "reason": reason})
+    return reason
 
 
 # How long a worker keeps trying to reach the study storage when it starts (a PostgreSQL

@@ -102,6 +102,7 @@ class _WorkerProcess:
     running: _Running | None = None
     trials_started: int = 0
     killed_for: str | None = None  # why the supervisor killed it: "timeout", "deadline", "stop"
+    done: bool = False  # it said its work is over; it may still be tearing down its modules
     pending: dict[int, bytes] = field(default_factory=dict)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
@@ -162,7 +163,7 @@ class Supervisor:
                     self._spawn(index, slot)
                 if self.after_spawn is not None:
                     self.after_spawn()
-                while self.workers:
+                while any(not w.done for w in self.workers.values()):
                     self._wait(timeout=0.25)
                     self._handle_signals()
                     self._reap()
@@ -170,10 +171,26 @@ class Supervisor:
                     self._check_stale()
                     self.progress.tick(self._running())
             finally:
-                self._kill_everything()
+                # Workers that said they are done tear down while launch writes its summary;
+                # close() reaps them. Any other is stopped now.
+                self._kill_everything(spare_done=True)
                 os.close(self._wake_r)
                 os.close(self._wake_w)
         return self._conclude()
+
+    def close(self, timeout: float = STOP_GRACE) -> None:
+        """Reap the workers that finished their work (Python's teardown after torch takes about
+        a second); one still there after ``timeout`` is killed. Nothing launch started
+        outlives it."""
+        self._closing = True
+        give_up = time.monotonic() + timeout
+        for w in list(self.workers.values()):
+            try:
+                w.proc.wait(timeout=max(0.0, give_up - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill(w, "stop")
+                w.proc.wait()
+        self._reap()
 
     def _spawn(self, index: int, slot: Slot) -> None:
         events_r, events_w = os.pipe()
@@ -262,6 +279,8 @@ class Supervisor:
         kind = event.get("event")
         if kind == TRACK_EVENT:
             self._relay.apply(event)
+        elif kind == "done":
+            w.done = True
         elif kind == "start":
             w.running = _Running(event["number"], event["trial_id"], time.monotonic())
             w.trials_started += 1
@@ -481,16 +500,21 @@ class Supervisor:
 
     # --- the end ---------------------------------------------------------------------------
 
-    def _kill_everything(self) -> None:
-        """Nothing that launch started outlives it (an exception in the loop included)."""
+    def _kill_everything(self, *, spare_done: bool = False) -> None:
+        """Nothing that launch started outlives it (an exception in the loop included); with
+        ``spare_done``, workers that said they are done are left to :meth:`close`."""
         self._closing = True
-        for w in list(self.workers.values()):
+
+        def left() -> list[_WorkerProcess]:
+            return [w for w in self.workers.values() if not (spare_done and w.done)]
+
+        for w in left():
             self._signal(w, signal.SIGTERM, group=False)
         deadline = time.monotonic() + STOP_GRACE
-        while self.workers and time.monotonic() < deadline:
+        while left() and time.monotonic() < deadline:
             self._wait(timeout=0.1)
             self._reap()
-        for w in list(self.workers.values()):
+        for w in left():
             self._kill(w, "stop")
             w.proc.wait()
         self._reap()
