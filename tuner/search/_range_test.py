@@ -228,10 +228,10 @@ class LrProbe:
         self.raw.append(math.log(max(grad_norm, 1e-30)))
         self.trailing.append(statistics.median(self.raw[-WINDOW:]))
         full = self.trailing[WINDOW - 1 :]  # medians of a whole window only
-        if len(full) > PERSIST and all(
-            m - self._floor() > math.log(STOP_RATIO) for m in full[-PERSIST:]
-        ):
-            return self._finish(diverged=True)
+        if len(full) > PERSIST:
+            floor = self._floor()  # once per step: the hook runs after every optimizer step
+            if all(m - floor > math.log(STOP_RATIO) for m in full[-PERSIST:]):
+                return self._finish(diverged=True)
         if len(self.lrs) >= self.steps:
             return self._finish(diverged=False)
         return False

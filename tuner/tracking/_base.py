@@ -20,10 +20,12 @@ __all__ = [
     "OUTCOMES",
     "OUTCOME_STATUS",
     "PARENT_RUN_ATTR",
+    "NothingPending",
     "NullRecorder",
     "NullTracker",
     "Tracker",
     "TrialRecorder",
+    "check_outcome",
     "flatten_params",
     "safe_text",
     "study_results",
@@ -231,6 +233,29 @@ class Tracker(Protocol):
         ...
 
 
+def check_outcome(outcome: str) -> None:
+    """A recorder's ``finish`` takes only tuner's outcome names (a ValueError names them)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, but got {outcome!r}")
+
+
+class NothingPending:
+    """``flush``, ``mark`` and ``close`` of a tracker that keeps nothing queued in this process
+    (one that records nothing, or one whose every record has left it)."""
+
+    def flush(self, timeout: float, *, upto: int | None = None) -> bool:
+        """Nothing is pending here: True."""
+        return True
+
+    def mark(self) -> int:
+        """Nothing is queued here: 0."""
+        return 0
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Nothing is pending here: True."""
+        return True
+
+
 class NullRecorder:
     """A :class:`TrialRecorder` that records nothing (``mlflow.tracking_uri: off``)."""
 
@@ -241,11 +266,10 @@ class NullRecorder:
 
     def finish(self, outcome: str, *, tags: dict[str, str] | None = None) -> None:
         """Check ``outcome`` like the real recorder does, then do nothing."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, but got {outcome!r}")
+        check_outcome(outcome)
 
 
-class NullTracker:
+class NullTracker(NothingPending):
     """A :class:`Tracker` that tracks nothing: every method is a no-op."""
 
     parent_run_id: str | None = None
@@ -283,15 +307,3 @@ class NullTracker:
 
     def kill_trial(self, number: int, *, reason: str | None = None) -> None:
         """Do nothing."""
-
-    def flush(self, timeout: float, *, upto: int | None = None) -> bool:
-        """Nothing is ever pending: True."""
-        return True
-
-    def mark(self) -> int:
-        """Nothing is ever queued: 0."""
-        return 0
-
-    def close(self, timeout: float = 30.0) -> bool:
-        """Nothing is ever pending: True."""
-        return True

@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tuner.errors import TunerError
 from tuner.redact import redact
-from tuner.tracking._base import OUTCOME_STATUS, OUTCOMES, flatten_params
+from tuner.tracking._base import OUTCOME_STATUS, check_outcome, flatten_params
 from tuner.tracking._client import (
     Prober,
     ensure_experiment,
@@ -74,8 +74,7 @@ class MlflowRecorder:
 
     def finish(self, outcome: str, *, tags: dict[str, str] | None = None) -> None:
         """Queue the outcome and duration tags and the run's end with the matching status."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, but got {outcome!r}")
+        check_outcome(outcome)
         if self._finished:
             return
         self._finished = True

@@ -27,7 +27,13 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tuner.tracking._base import OUTCOMES, Tracker, TrialRecorder, flatten_params
+from tuner.tracking._base import (
+    NothingPending,
+    Tracker,
+    TrialRecorder,
+    check_outcome,
+    flatten_params,
+)
 
 __all__ = ["TRACK_EVENT", "RelayRecorder", "RelayTracker", "TrackRelay"]
 
@@ -57,15 +63,14 @@ class RelayRecorder:
 
     def finish(self, outcome: str, *, tags: dict[str, str] | None = None) -> None:
         """Send the trial's end; a second finish is ignored, as by the MLflow recorder."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, but got {outcome!r}")
+        check_outcome(outcome)
         if self._finished:
             return
         self._finished = True
         self._send(_record("finish", number=self._number, outcome=outcome, tags=tags or {}))
 
 
-class RelayTracker:
+class RelayTracker(NothingPending):
     """A worker's :class:`~tuner.tracking.Tracker` under ``tuner launch``: records go to ``send``.
 
     The launch process opened the study's parent run before its workers trained, so
@@ -123,18 +128,6 @@ class RelayTracker:
     def kill_trial(self, number: int, *, reason: str | None = None) -> None:
         """Send the end of trial ``number``'s run as KILLED (a stale trial found here)."""
         self._send(_record("kill", number=number, reason=reason))
-
-    def flush(self, timeout: float, *, upto: int | None = None) -> bool:
-        """Nothing waits in this process: every record is already in the pipe."""
-        return True
-
-    def mark(self) -> int:
-        """Nothing is queued in this process: 0."""
-        return 0
-
-    def close(self, timeout: float = 30.0) -> bool:
-        """Nothing to deliver from this process: True."""
-        return True
 
 
 class TrackRelay:
