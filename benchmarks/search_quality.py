@@ -14,6 +14,7 @@ Arms, side by side in one run:
 - ``tuner``: tuner's defaults;
 - ``tuner-nopr``: tuner's defaults with ``pruner: none`` (the pruner's effect);
 - ``random``: random search over the hand-written space;
+- ``tuner-k50``: the default pruner before 2026-11-28 (median rule at 20% and 50%);
 - more with ``--arms`` (``tuner-hb``: tuner with Optuna's Hyperband pruner, ``tuner-sh``:
   successive halving; ``tuner-indep``: TPE with Optuna's default settings).
 
@@ -309,14 +310,22 @@ ARMS: dict[str, Callable[[Problem, int, int, int], float]] = {
     "tuner-smp3": lambda p, s, t, e: run_tuner(
         p, s, t, e, {"name": "schedule_median", "rungs": [0.2, 0.4, 0.6]}, "tuner"
     ),
+    "tuner-k50": lambda p, s, t, e: run_tuner(  # the default before 2026-11-28
+        p, s, t, e, {"name": "schedule_median", "keep": 0.5, "rungs": [0.2, 0.5]}, "tuner"
+    ),
     "tuner-k60": lambda p, s, t, e: run_tuner(
-        p, s, t, e, {"name": "schedule_median", "keep": 0.6}, "tuner"
+        p, s, t, e, {"name": "schedule_median", "keep": 0.6, "rungs": [0.2, 0.5]}, "tuner"
     ),
     "tuner-k67": lambda p, s, t, e: run_tuner(
-        p, s, t, e, {"name": "schedule_median", "keep": 0.67}, "tuner"
+        p, s, t, e, {"name": "schedule_median", "keep": 0.67, "rungs": [0.2, 0.5]}, "tuner"
     ),
     "tuner-k67s8": lambda p, s, t, e: run_tuner(
-        p, s, t, e, {"name": "schedule_median", "keep": 0.67, "n_startup_trials": 8}, "tuner"
+        p,
+        s,
+        t,
+        e,
+        {"name": "schedule_median", "keep": 0.67, "n_startup_trials": 8, "rungs": [0.2, 0.5]},
+        "tuner",
     ),
     "tuner-indep": lambda p, s, t, e: run_tuner(p, s, t, e, None, "indep"),
 }

@@ -366,7 +366,7 @@ def test_schedule_median_pruner_compares_a_trial_with_its_own_schedule():
         add("constant", [1.0, 0.5, 0.3, 0.2, 0.2, end])
     for end in (0.05, 0.06, 0.07, 0.08):  # cosine: slow early, best at the end
         add("cosine", [1.0, 0.9, 0.8, 0.6, 0.4, end])
-    assert study.pruner.rung_steps == (1, 4)
+    assert study.pruner.rung_steps == (1, 4, 7)
 
     def judged(schedule: str, values: list[float]) -> bool:
         study.enqueue_trial({"schedule": schedule})
@@ -381,7 +381,25 @@ def test_schedule_median_pruner_compares_a_trial_with_its_own_schedule():
     # A cosine trial at 0.85 at its first checkpoint (step 1, 20% of the schedule) is worse
     # than every constant one, but better than its own schedule's median: it goes on.
     assert not judged("cosine", [1.0, 0.85])
-    # Worse than its own schedule's median: pruned.
+    # Worse than every trial of its own schedule at that point (the worst third): pruned.
     assert judged("cosine", [1.0, 0.95])
     # Between checkpoints nothing is judged.
     assert not judged("cosine", [1.0, 0.85, 5.0])
+
+
+@pytest.mark.parametrize(("keep", "pruned"), [(0.5, True), (0.67, False)])
+def test_schedule_median_pruner_stops_only_the_worst_third_by_default(keep, pruned):
+    """Six peers at 0.1 ... 0.6 at the first checkpoint: 0.45 is worse than their median but
+    among the best two thirds, so the median rule stops it and the default spares it."""
+    assert ScheduleMedianPruner().keep == 0.67
+    study = optuna.create_study(
+        pruner=ScheduleMedianPruner(max_resource=10, n_startup_trials=1, keep=keep)
+    )
+    for value in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+        study.add_trial(
+            optuna.trial.create_trial(value=value, intermediate_values={0: 1.0, 1: value})
+        )
+    trial = study.ask()
+    trial.report(1.0, 0)
+    trial.report(0.45, 1)
+    assert trial.should_prune() is pruned

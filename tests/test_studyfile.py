@@ -517,7 +517,7 @@ def test_every_pruner_is_tested() -> None:
 def test_schedule_median_by_default_with_the_epoch_budget() -> None:
     default = make_pruner(PrunerConfig(), max_resource=20)
     assert type(default) is ScheduleMedianPruner
-    assert default.rung_steps == (3, 9)  # 20% and 50% of 20 epochs
+    assert default.rung_steps == (3, 9, 15)  # 20%, 50% and 80% of 20 epochs
     pruner = make_pruner(PrunerConfig(name="hyperband"), max_resource=20)
     assert type(pruner) is optuna.pruners.HyperbandPruner
     assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (1, 20, 3)
