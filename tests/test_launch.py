@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import REGRESSION
 from tuner.cli import cli
+from tuner.launch import _gpu_driver_present
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -45,6 +48,29 @@ def test_launch_runs_the_budget_and_prints_a_summary(make_study):
     config = best.user_attrs["tuner:config"]
     assert config["optimizer"] in ("adam", "sgd")
     assert config["schedule"]["name"] in ("constant", "cosine")
+
+
+@pytest.mark.skipif(_gpu_driver_present(), reason="with a GPU driver, `auto` asks torch")
+def test_the_launch_process_itself_never_imports_torch(make_study):
+    """Only the workers train: launch validates the study file (the whole optimizer and
+    schedule catalog), resolves `devices: auto`, supervises and summarizes without torch, whose
+    import took 1.3 s of its start-up before its first worker started."""
+    path = make_study(workers={"devices": "auto"})
+    script = textwrap.dedent(
+        """
+        import sys
+        from click.testing import CliRunner
+        from tuner.cli import cli
+
+        result = CliRunner().invoke(cli, ["launch", sys.argv[1]], catch_exceptions=False)
+        print("exit", result.exit_code, "torch", "torch" in sys.modules)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip().endswith("exit 0 torch False"), done.stdout + done.stderr
+    assert [t.state for t in load(path).trials] == [TrialState.COMPLETE] * 4  # workers trained
 
 
 def test_relaunch_resumes_and_never_exceeds_the_budget(make_study):

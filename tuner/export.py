@@ -28,19 +28,18 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from tuner.errors import ConfigError
 from tuner.optim import get_optimizer
-from tuner.schedules import (
-    WarmupScheduleLR,
-    build_scheduler,
-    normalize_schedule,
-    normalize_warmup,
-)
+from tuner.schedules import normalize_schedule, normalize_warmup
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.schedules import WarmupScheduleLR, build_scheduler
 
 __all__ = [
     "OptimizerConfig",
@@ -178,6 +177,17 @@ def build_optimizer(
         >>> scheduler.get_last_lr()
         [0.0]
     """
+    from tuner.schedules import build_scheduler
+
     config = load_optimizer_config(config)
     optimizer = get_optimizer(config.optimizer).build(params, dict(config.kwargs), fused=fused)
     return optimizer, build_scheduler(optimizer, config.schedule, config.warmup, total_steps)
+
+
+def __getattr__(name: str) -> Any:
+    # Re-exported from tuner.schedules, which imports torch for it only on use (PEP 562).
+    if name == "build_scheduler":
+        from tuner.schedules import build_scheduler
+
+        return build_scheduler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -60,6 +60,8 @@ class Slot:
 
 def resolve_slots(devices: str | list[str], per_device: int) -> list[Slot]:
     """``auto`` means every visible CUDA device, else the CPU; each device ``per_device`` times."""
+    if devices == "auto" and not _gpu_driver_present():
+        devices = ["cpu"]  # no torch build sees a GPU here: spare launch torch's import
     if devices == "auto":
         import torch
 
@@ -265,6 +267,17 @@ def _describe_slots(slots: list[Slot]) -> str:
     for slot in slots:
         counts[slot.tag] = counts.get(slot.tag, 0) + 1
     return ", ".join(f"{tag} x{n}" if n > 1 else tag for tag, n in counts.items())
+
+
+# What a GPU driver leaves on a machine: NVIDIA's (bare metal and containers), WSL2's GPU
+# paravirtualisation, AMD's ROCm. Without any of them torch.cuda sees no device, so ``devices:
+# auto`` means the CPU without importing torch (1.3 s of launch's start-up on a CPU machine;
+# the workers import it anyway, in parallel).
+_GPU_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+
+
+def _gpu_driver_present() -> bool:
+    return any(os.path.exists(p) for p in _GPU_DRIVER_PATHS)
 
 
 def _check_device(device: str) -> None:

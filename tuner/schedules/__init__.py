@@ -16,6 +16,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from tuner.schedules._registry import (
     SCHEDULES,
     WARMUP_HPARAMS,
@@ -27,12 +29,13 @@ from tuner.schedules._registry import (
 )
 from tuner.schedules._scheduler import (
     Curve,
-    WarmupScheduleLR,
-    build_scheduler,
     normalize_schedule,
     normalize_warmup,
     warmup_steps,
 )
+
+if TYPE_CHECKING:
+    from tuner.schedules._torch import WarmupScheduleLR, build_scheduler
 
 __all__ = [
     "SCHEDULES",
@@ -49,3 +52,13 @@ __all__ = [
     "normalize_warmup",
     "warmup_steps",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The torch scheduler imports torch: only on use, so the catalog can be read without it
+    # (PEP 562).
+    if name in ("WarmupScheduleLR", "build_scheduler"):
+        from tuner.schedules import _torch
+
+        return getattr(_torch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
