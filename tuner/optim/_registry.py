@@ -1,8 +1,9 @@
 """The optimizer registry: every optimizer a study can choose, one :class:`OptimizerSpec` each.
 
-A spec knows its torch class, its searchable hyperparameters with default search ranges from the
-literature, the kwargs it always passes, and its validity rules. Adding an optimizer is a factory
-plus a row in :data:`OPTIMIZERS`; the contract suite in ``tests/test_optimizers.py`` then covers it.
+A spec knows its torch class (by name, imported on first use), its searchable hyperparameters
+with default search ranges from the literature, the kwargs it always passes, and its validity
+rules. Adding an optimizer is a class plus a row in :data:`OPTIMIZERS`; the contract suite in
+``tests/test_optimizers.py`` then covers it.
 
 Sources for the default ranges:
 
