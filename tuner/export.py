@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tuner._lazy import lazy_attributes
 from tuner.errors import ConfigError
 from tuner.optim import get_optimizer
 from tuner.schedules import normalize_schedule, normalize_warmup
@@ -184,10 +185,5 @@ def build_optimizer(
     return optimizer, build_scheduler(optimizer, config.schedule, config.warmup, total_steps)
 
 
-def __getattr__(name: str) -> Any:
-    # Re-exported from tuner.schedules, which imports torch for it only on use (PEP 562).
-    if name == "build_scheduler":
-        from tuner.schedules import build_scheduler
-
-        return build_scheduler
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Re-exported from tuner.schedules, which imports torch for it only on use.
+__getattr__ = lazy_attributes(__name__, {"build_scheduler": "tuner.schedules._torch"})

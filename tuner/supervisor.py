@@ -173,7 +173,7 @@ class Supervisor:
             finally:
                 # Workers that said they are done tear down while launch writes its summary;
                 # close() reaps them. Any other is stopped now.
-                self._kill_everything(spare_done=True)
+                self._kill_everything()
                 os.close(self._wake_r)
                 os.close(self._wake_w)
         return self._conclude()
@@ -500,13 +500,14 @@ class Supervisor:
 
     # --- the end ---------------------------------------------------------------------------
 
-    def _kill_everything(self, *, spare_done: bool = False) -> None:
-        """Nothing that launch started outlives it (an exception in the loop included); with
-        ``spare_done``, workers that said they are done are left to :meth:`close`."""
+    def _kill_everything(self) -> None:
+        """Nothing that launch started outlives it (an exception in the loop included): every
+        worker that has not said it is done is stopped; those that have are left to
+        :meth:`close`, which reaps them."""
         self._closing = True
 
         def left() -> list[_WorkerProcess]:
-            return [w for w in self.workers.values() if not (spare_done and w.done)]
+            return [w for w in self.workers.values() if not w.done]
 
         for w in left():
             self._signal(w, signal.SIGTERM, group=False)

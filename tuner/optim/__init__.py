@@ -10,8 +10,9 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from tuner._lazy import lazy_attributes
 from tuner.optim._registry import OPTIMIZERS, OptimizerSpec, get_optimizer
 
 if TYPE_CHECKING:
@@ -19,11 +20,5 @@ if TYPE_CHECKING:
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "Yogi", "get_optimizer", "yogi"]
 
-
-def __getattr__(name: str) -> Any:
-    # Yogi imports torch: only on use, so the catalog can be read without it (PEP 562).
-    if name in ("Yogi", "yogi"):
-        from tuner.optim import _yogi
-
-        return getattr(_yogi, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Yogi imports torch: only on use, so the catalog can be read without it.
+__getattr__ = lazy_attributes(__name__, {"Yogi": "tuner.optim._yogi", "yogi": "tuner.optim._yogi"})

@@ -16,8 +16,9 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from tuner._lazy import lazy_attributes
 from tuner.schedules._registry import (
     SCHEDULES,
     WARMUP_HPARAMS,
@@ -53,12 +54,8 @@ __all__ = [
     "warmup_steps",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # The torch scheduler imports torch: only on use, so the catalog can be read without it
-    # (PEP 562).
-    if name in ("WarmupScheduleLR", "build_scheduler"):
-        from tuner.schedules import _torch
-
-        return getattr(_torch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The torch scheduler imports torch: only on use, so the catalog can be read without it.
+__getattr__ = lazy_attributes(
+    __name__,
+    {"WarmupScheduleLR": "tuner.schedules._torch", "build_scheduler": "tuner.schedules._torch"},
+)
