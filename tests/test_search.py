@@ -20,7 +20,6 @@ from optuna.trial import TrialState
 
 from tests.conftest import REGRESSION
 from tuner.cli import cli
-from tuner.launch import open_session
 from tuner.runner import Worker
 from tuner.search import (
     PORTFOLIO_ATTR,
@@ -31,6 +30,7 @@ from tuner.search import (
     worker_seed,
 )
 from tuner.search._pruner import ScheduleMedianPruner
+from tuner.session import open_session
 from tuner.studyfile import StudyFile, load_study_file
 from tuner.trial import Trial, TrialDiverged
 
@@ -103,6 +103,8 @@ def test_probe_is_not_fooled_by_bimodal_minibatch_norms():
     # The gradient norms an Adam probe saw on benchmarks/search_quality.py's large_lr (two kinds
     # of minibatches, about 6x apart, no blow-up yet), then the same pattern on: a floor taken
     # as the lowest window median read the flip back up as a blow-up at lr 5.6e-4.
+    # The 40-step ramp ends before the lr^4 climb is steep or high enough to count as an
+    # explosion: the probe then reports where the norm rose, which only widens the range.
     seen = [0.13, 0.20, 0.84, 0.86, 0.86, 0.12, 0.15, 1.0, 0.64, 1.2]
     probe = LrProbe(1e-4, 10.0, steps=40)
     for step in range(40):
@@ -110,12 +112,112 @@ def test_probe_is_not_fooled_by_bimodal_minibatch_norms():
         blow_up = max(1.0, lr / 1.0) ** 4  # a real blow-up from lr = 1 on
         if probe.observe(lr, seen[step % len(seen)] * blow_up):
             break
-    assert probe.diverges_at is not None
-    assert 1.0 / 3 <= probe.diverges_at <= 3.0, probe.diverges_at
+    point = probe.diverges_at or probe.rises_at
+    assert point is not None
+    assert 1.0 / 3 <= point <= 3.0, point
+
+
+def digits_classifier(epochs: int, give_loss: bool):
+    """An MLP on scikit-learn's digits, scored by validation cross-entropy: under Adam its
+    gradient norm rises several-fold along a ramp while its loss still falls (the logits
+    sharpen), the case where a norm-only range test once cut off the best rates."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32)
+    y = torch.tensor(y)
+    xt, yt, xv, yv = x[400:], y[400:], x[:400], y[:400]
+    per_epoch = math.ceil(len(xt) / 64)
+
+    def train(build, report=None, step_loss=None) -> float:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+        )
+        optimizer, scheduler = build(model.parameters(), per_epoch * epochs)
+        order = torch.Generator().manual_seed(0)
+        value = math.inf
+        for epoch in range(epochs):
+            perm = torch.randperm(len(xt), generator=order)
+            for i in range(per_epoch):
+                idx = perm[i * 64 : (i + 1) * 64]
+                loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                if step_loss is not None:
+                    step_loss(loss)
+            with torch.no_grad():
+                value = float(torch.nn.functional.cross_entropy(model(xv), yv))
+            value = value if math.isfinite(value) else 1e9
+            if report is not None:
+                report(value, epoch)
+        return value
+
+    def objective(trial: Trial) -> float:
+        return train(trial.build_optimizer, trial.report, trial.step_loss if give_loss else None)
+
+    return objective, train
+
+
+def test_probe_ceiling_on_a_classifier_whose_gradient_norm_rises_while_its_loss_falls():
+    sf = StudyFile.model_validate(
+        {
+            "name": "clf",
+            "objective": "obj.py:objective",
+            "budget": {"trials": 4, "epochs": 3},
+            "search": {"optimizers": ["adam"]},
+        }
+    )
+    by_norm = run_probe(digits_classifier(3, give_loss=False)[0], "adam", sf)
+    by_loss = run_probe(digits_classifier(3, give_loss=True)[0], "adam", sf)
+    assert (by_norm.signal, by_loss.signal) == ("grad_norm", "loss")
+    # The case itself: the norm rose 4x far below where the loss blew up.
+    assert by_norm.rises_at is not None and by_loss.diverges_at is not None
+    assert by_norm.rises_at * 3 < by_loss.diverges_at, (by_norm.rises_at, by_loss.diverges_at)
+
+    # The best constant Adam rate on a half-decade grid, trained as the study would.
+    train = digits_classifier(3, give_loss=False)[1]
+
+    def constant(lr):
+        def build(params, total_steps):
+            opt = torch.optim.Adam(params, lr=lr)
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+        return build
+
+    grid = {10 ** (k / 2): train(constant(10 ** (k / 2))) for k in range(-7, 1)}
+    best = min(grid, key=grid.__getitem__)
+    # Neither signal sets a ceiling below it: the norm's rise only keeps (or widens) the
+    # catalog's range, the loss's blow-up lies above the best rate.
+    assert by_norm.verdict == "ambiguous"
+    assert by_norm.range[1] >= best and by_norm.range[1] >= 0.1, (by_norm.range, best)
+    assert by_loss.verdict == "diverged" and by_loss.range[1] >= best, (by_loss.range, best)
+
+
+def test_an_uncertain_probe_never_lowers_a_portfolio_rate_below_the_literature():
+    from tuner.search import portfolio_trials
+    from tuner.space import parse_search
+
+    space = parse_search({"optimizers": ["adam"], "schedules": ["constant"]})
+
+    def adam_lr(rates) -> float:
+        (_, params), *_ = portfolio_trials(space, rates)
+        return params["adam.lr"]
+
+    assert adam_lr({}) == pytest.approx(1e-3)  # the literature's rate (Kingma & Ba)
+    # A norm that rose without blowing up at 0.005: the literature's rate stays.
+    assert adam_lr({"adam": (0.005, False)}) == pytest.approx(1e-3)
+    # Nothing happened up to 0.5: the rate may rise, to a tenth of it.
+    assert adam_lr({"adam": (0.5, False)}) == pytest.approx(0.05)
+    # A blow-up the probe saw at 0.005 moves it down, to a tenth of the ceiling.
+    assert adam_lr({"adam": (0.005, True)}) == pytest.approx(0.0005)
 
 
 def worker(sf: StudyFile, objective) -> optuna.Study:
-    study, tracker = open_session(sf)
+    session = open_session(sf)
+    study, tracker = session.study, session.tracker
     Worker(study_file=sf, study=study, objective=objective, tracker=tracker).run()
     return study
 
@@ -168,8 +270,30 @@ def test_range_test_is_stored_shown_and_not_run_again_on_resume(make_study):
     assert "lr range test: 2 probes" in out
     adam_line = next(line for line in out.splitlines() if line.strip().startswith("adam"))
     assert "-> searching [" in adam_line and adam_line.endswith("(also sets adamw)")
+    # The objective reports per epoch only: the probes read the gradient norm, and say so.
+    assert "gradient norm" in adam_line, adam_line
+    assert {f["signal"] for f in stored["families"]} == {"grad_norm"}
     sgd_line = next(line for line in out.splitlines() if line.strip().startswith("sgd"))
     assert "-> searching [" in sgd_line
+
+
+def test_an_objective_that_hands_over_its_loss_is_probed_on_the_loss(make_study):
+    # Today's REGRESSION objective with one more line: trial.step_loss(loss) after each step.
+    line = next(x for x in REGRESSION.splitlines() if x.strip() == "scheduler.step()")
+    source = REGRESSION.replace(
+        line, f"{line}\n{line.replace('scheduler.step()', '')}trial.step_loss(loss)"
+    )
+    assert "trial.step_loss(loss)" in source
+    path = make_study(source, search={"optimizers": {"adam": {}, "sgd": {}}, **ON})
+    namespace: dict = {}
+    exec(compile(source, "obj.py", "exec"), namespace)
+    study = worker(load_study_file(path), namespace["objective"])
+    stored = study.user_attrs[RANGE_TEST_ATTR]
+    assert {f["signal"] for f in stored["families"]} == {"loss"}
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    out = CliRunner().invoke(cli, ["status", str(path)]).stdout
+    lines = [line for line in out.splitlines() if "-> searching" in line]
+    assert len(lines) == 2 and all("(training loss)" in line for line in lines), lines
 
 
 def test_range_test_off_searches_the_catalog_ranges(make_study):

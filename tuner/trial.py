@@ -1,4 +1,4 @@
-"""``tuner.Trial``: what the user's objective receives (DESIGN §4)."""
+"""``tuner.Trial``: what the user's objective receives (docs/objective.md)."""
 
 from __future__ import annotations
 
@@ -126,6 +126,22 @@ class Trial:
         if self.recorder is not None:
             optimizer.register_step_post_hook(_LrLogger(self.recorder, total_steps))
         return optimizer, scheduler
+
+    def step_loss(self, loss: float | torch.Tensor) -> None:
+        """Optionally hand over one training step's loss, after ``optimizer.step()``.
+
+        Only the learning-rate range test reads it: with the loss the probe judges divergence
+        on the quantity you train instead of on the gradient norm, a proxy that can rise while
+        training still improves (docs/objective.md). In an ordinary trial it does nothing and
+        costs nothing: a tensor is not read, so there is no device sync. Objectives that never
+        call it work unchanged.
+
+        Example::
+
+            loss.backward(); optimizer.step(); scheduler.step()
+            trial.step_loss(loss)
+        """
+        return None
 
     def report(self, value: float, step: int) -> None:
         """Report the metric at ``step`` (an epoch, usually) to the pruner and to MLflow.

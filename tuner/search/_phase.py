@@ -31,10 +31,12 @@ from tuner.hparams import Range
 from tuner.keys import ATTR
 from tuner.search._portfolio import portfolio_trials
 from tuner.search._range_test import (
+    SIGNALS,
     LrProbe,
     ProbeFinished,
     ProbeOutcome,
     attach,
+    family_ratio,
     probe_bounds,
     probe_plan,
     probe_steps,
@@ -89,6 +91,19 @@ class RangeTest:
             tuple(ProbeOutcome.from_dict(o) for o in raw.get("families", [])), raw.get("skipped")
         )
 
+    def portfolio_rates(self) -> dict[str, tuple[float, bool]]:
+        """Each probed member's ``(point, blew_up)`` for the portfolio: the ceiling of a probe
+        that saw training blow up (True), else where its signal rose or the ramp's top."""
+        out = {}
+        for o in self.outcomes:
+            point = {"diverged": o.diverges_at, "ambiguous": o.rises_at, "stable": o.ramp[1]}
+            found = point.get(o.verdict)
+            for member in o.members or (o.optimizer,):
+                if found is not None:
+                    ratio = family_ratio(member, o.optimizer)
+                    out[member] = (found * ratio, o.verdict == "diverged")
+        return out
+
     def ranges(self) -> dict[str, tuple[float, float]]:
         """Each probed family member's ``lr`` range."""
         out = {}
@@ -102,7 +117,7 @@ class RangeTest:
 
 def describe_range_test(raw: dict[str, Any] | None) -> list[str]:
     """Lines for the summary, ``tuner status`` and MLflow, e.g.
-    ``adam diverges above 3.1 -> searching [3.1e-03, 3.1]``."""
+    ``adam diverges above 3.1 (training loss) -> searching [3.1e-03, 3.1]``."""
     if not raw:
         return []
     test = RangeTest.from_dict(raw)
@@ -112,19 +127,30 @@ def describe_range_test(raw: dict[str, Any] | None) -> list[str]:
     for o in test.outcomes:
         others = [m for m in o.members if m != o.optimizer]
         also = f" (also sets {', '.join(others)})" if others else ""
+        signal = SIGNALS.get(o.signal, o.signal)
+        verdict = o.verdict
         if o.error:
             lines.append(f"  {o.optimizer}: probe failed ({o.error}); catalog range kept")
-        elif o.range is None:
+            continue
+        if verdict == "failed":
             lines.append(f"  {o.optimizer}: no optimizer steps; catalog range kept")
-        elif o.diverges_at is None:
+            continue
+        assert o.range is not None
+        searching = f"[{o.range[0]:.2g}, {o.range[1]:.3g}]"
+        if verdict == "stable":
             lines.append(
-                f"  {o.optimizer}: no divergence up to {o.ramp[1]:.3g} -> searching "
-                f"[{o.range[0]:.2g}, {o.range[1]:.3g}]{also}"
+                f"  {o.optimizer}: no divergence up to {o.ramp[1]:.3g} ({signal}) -> "
+                f"searching {searching}{also}"
+            )
+        elif verdict == "ambiguous":
+            lines.append(
+                f"  {o.optimizer}: {signal} rose from {o.rises_at:.3g} without blowing up -> "
+                f"searching {searching}, the catalog range or wider{also}"
             )
         else:
             lines.append(
-                f"  {o.optimizer} diverges above {o.diverges_at:.3g} -> searching "
-                f"[{o.range[0]:.2g}, {o.range[1]:.3g}]{also}"
+                f"  {o.optimizer} diverges above {o.diverges_at:.3g} ({signal}) -> "
+                f"searching {searching}{also}"
             )
     return lines
 
@@ -176,7 +202,7 @@ def prepare_search(
             if PORTFOLIO_ATTR not in study.user_attrs:
                 names: list[str] = []
                 if not study.get_trials(deepcopy=False):
-                    entries = portfolio_trials(space, test.ranges() if test else {})
+                    entries = portfolio_trials(space, test.portfolio_rates() if test else {})
                     # At most half the budget: the search needs the rest, and a waiting trial
                     # beyond the budget would be run all the same (the runner takes waiting
                     # trials first), breaking the exact budget.
@@ -296,7 +322,7 @@ def run_probe(
         pass
     except TrialDiverged:
         if trial.probe is not None and trial.probe.lrs:
-            trial.probe._finish(diverged=True)
+            trial.probe.finish(diverged=True)
     except Exception as exc:  # the objective cannot run the probe: the catalog range stays
         from tuner.storage import redact_url
 
@@ -313,8 +339,9 @@ def run_probe(
         )
     if error is not None and probe.lrs:
         # An exception once training blew up (a NaN in the user's own checks) is divergence.
-        probe._finish(diverged=True)
+        probe.finish(diverged=True)
         error = None
+    probe.finish(diverged=False)  # the objective returned before the ramp's end
     per_epoch = max(1.0, trial.total_steps / max(1, sf.budget.epochs))
     steps = len(probe.lrs)
     return ProbeOutcome(
@@ -324,6 +351,8 @@ def run_probe(
         steps,
         steps / per_epoch,
         error if steps == 0 else None,
+        signal=probe.signal,
+        rises_at=probe.rises_at,
     )
 
 
@@ -380,15 +409,23 @@ class _ProbeTrial(Trial):
         self.probe: LrProbe | None = None
         self.total_steps = 0
 
-    def build_optimizer(self, params: Any, total_steps: int) -> Any:
+    def build_optimizer(self, params: Any, total_steps: int, *, fused: bool = False) -> Any:
         import torch
 
         from tuner.export import build_optimizer
 
-        optimizer, _ = build_optimizer(params, self.config, total_steps)
+        optimizer, _ = build_optimizer(params, self.config, total_steps, fused=fused)
         self.total_steps = int(total_steps)
         probe = LrProbe(*self.ramp, steps=probe_steps(int(total_steps), self.max_epochs))
         self.probe = probe
-        self._optimizer = optimizer
         attach(optimizer, probe)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, probe.factor)
+
+    def step_loss(self, loss: Any) -> None:
+        probe = self.probe
+        if probe is None:
+            return
+        lr = probe.lrs[-1] if probe.lrs else probe.start
+        value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+        if probe.observe_loss(lr, value):
+            raise ProbeFinished(f"lr range test done after {len(probe.lrs)} steps")

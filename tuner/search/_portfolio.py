@@ -43,12 +43,17 @@ PORTFOLIO = _load()
 
 
 def portfolio_trials(
-    space: SearchSpace, ranges: Mapping[str, tuple[float, float]]
+    space: SearchSpace, rates: Mapping[str, tuple[float, bool]]
 ) -> list[tuple[str, dict[str, Any]]]:
     """``(entry name, Optuna params)`` for each entry whose optimizer ``space`` searches.
 
-    ``ranges`` are the range test's ``lr`` ranges: a probed optimizer's entry runs at
-    ``lr_fraction`` of the divergence point (the range's top) instead of the literature's rate.
+    ``rates`` are the range test's points per probed optimizer, ``(point, blew_up)``
+    (:meth:`tuner.search.RangeTest.portfolio_rates`). A probed optimizer's entry runs at
+    ``lr_fraction`` of the point when the probe saw training blow up there. Otherwise (the
+    signal rose without exploding, or nothing happened up to the ramp's top) the probe is
+    uncertain, and its word may only raise the entry's rate above the literature's, never lower
+    it: a wrong low ceiling once put Adam's entries far below every good rate of a classifier
+    (benchmarks/RESULTS.md, issue 16).
     """
     by_name = {o.name: o for o in space.optimizers}
     schedules = {s.name: s for s in space.schedules}
@@ -59,8 +64,10 @@ def portfolio_trials(
             continue
         spec = get_optimizer(name)
         values = {**spec.default_values, **entry.get("values", {}), "lr": entry["lr"]}
-        if name in ranges:
-            values["lr"] = ranges[name][1] * entry["lr_fraction"]
+        if name in rates:
+            point, blew_up = rates[name]
+            scaled = point * entry["lr_fraction"]
+            values["lr"] = scaled if blew_up else max(entry["lr"], scaled)
         params: dict[str, Any] = {}
         if len(by_name) > 1:
             params["optimizer"] = name
