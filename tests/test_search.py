@@ -207,12 +207,14 @@ def test_an_uncertain_probe_never_lowers_a_portfolio_rate_below_the_literature()
         return params["adam.lr"]
 
     assert adam_lr({}) == pytest.approx(1e-3)  # the literature's rate (Kingma & Ba)
-    # A norm that rose without blowing up at 0.005: the literature's rate stays.
-    assert adam_lr({"adam": (0.005, False)}) == pytest.approx(1e-3)
-    # Nothing happened up to 0.5: the rate may rise, to a tenth of it.
-    assert adam_lr({"adam": (0.5, False)}) == pytest.approx(0.05)
+    # A norm that rose without blowing up, low or high: the literature's rate stays.
+    assert adam_lr({"adam": (0.005, "ambiguous")}) == pytest.approx(1e-3)
+    assert adam_lr({"adam": (0.5, "ambiguous")}) == pytest.approx(1e-3)
+    # Nothing happened up to 0.5: the rate may rise, to a tenth of it, never fall.
+    assert adam_lr({"adam": (0.5, "stable")}) == pytest.approx(0.05)
+    assert adam_lr({"adam": (0.005, "stable")}) == pytest.approx(1e-3)
     # A blow-up the probe saw at 0.005 moves it down, to a tenth of the ceiling.
-    assert adam_lr({"adam": (0.005, True)}) == pytest.approx(0.0005)
+    assert adam_lr({"adam": (0.005, "diverged")}) == pytest.approx(0.0005)
 
 
 def worker(sf: StudyFile, objective) -> optuna.Study:

@@ -91,17 +91,16 @@ class RangeTest:
             tuple(ProbeOutcome.from_dict(o) for o in raw.get("families", [])), raw.get("skipped")
         )
 
-    def portfolio_rates(self) -> dict[str, tuple[float, bool]]:
-        """Each probed member's ``(point, blew_up)`` for the portfolio: the ceiling of a probe
-        that saw training blow up (True), else where its signal rose or the ramp's top."""
+    def portfolio_rates(self) -> dict[str, tuple[float, str]]:
+        """Each probed member's ``(point, verdict)`` for the portfolio: the ceiling of a probe
+        that saw training blow up, where an ambiguous signal rose, or the ramp's top."""
         out = {}
         for o in self.outcomes:
             point = {"diverged": o.diverges_at, "ambiguous": o.rises_at, "stable": o.ramp[1]}
             found = point.get(o.verdict)
             for member in o.members or (o.optimizer,):
                 if found is not None:
-                    ratio = family_ratio(member, o.optimizer)
-                    out[member] = (found * ratio, o.verdict == "diverged")
+                    out[member] = (found * family_ratio(member, o.optimizer), o.verdict)
         return out
 
     def ranges(self) -> dict[str, tuple[float, float]]:

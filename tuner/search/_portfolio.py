@@ -43,17 +43,18 @@ PORTFOLIO = _load()
 
 
 def portfolio_trials(
-    space: SearchSpace, rates: Mapping[str, tuple[float, bool]]
+    space: SearchSpace, rates: Mapping[str, tuple[float, str]]
 ) -> list[tuple[str, dict[str, Any]]]:
     """``(entry name, Optuna params)`` for each entry whose optimizer ``space`` searches.
 
-    ``rates`` are the range test's points per probed optimizer, ``(point, blew_up)``
-    (:meth:`tuner.search.RangeTest.portfolio_rates`). A probed optimizer's entry runs at
-    ``lr_fraction`` of the point when the probe saw training blow up there. Otherwise (the
-    signal rose without exploding, or nothing happened up to the ramp's top) the probe is
-    uncertain, and its word may only raise the entry's rate above the literature's, never lower
-    it: a wrong low ceiling once put Adam's entries far below every good rate of a classifier
-    (benchmarks/RESULTS.md, issue 16).
+    ``rates`` are the range test's points per probed optimizer, ``(point, verdict)``
+    (:meth:`tuner.search.RangeTest.portfolio_rates`). Where the probe saw training blow up, the
+    entry runs at ``lr_fraction`` of that ceiling. Where its signal rose without blowing up,
+    the probe is uncertain and the entry keeps the literature's rate: a wrong low ceiling once
+    put Adam's entries far below every good rate of a classifier, and a norm that rose late
+    (after the loss had blown up and the units died) put momentum's at 70x its literature rate
+    (benchmarks/RESULTS.md, issue 16). Where nothing happened up to the ramp's top, the rate
+    may rise above the literature's, never fall below it.
     """
     by_name = {o.name: o for o in space.optimizers}
     schedules = {s.name: s for s in space.schedules}
@@ -64,10 +65,11 @@ def portfolio_trials(
             continue
         spec = get_optimizer(name)
         values = {**spec.default_values, **entry.get("values", {}), "lr": entry["lr"]}
-        if name in rates:
-            point, blew_up = rates[name]
-            scaled = point * entry["lr_fraction"]
-            values["lr"] = scaled if blew_up else max(entry["lr"], scaled)
+        point, verdict = rates.get(name, (None, "ambiguous"))
+        if point is not None and verdict == "diverged":
+            values["lr"] = point * entry["lr_fraction"]
+        elif point is not None and verdict == "stable":
+            values["lr"] = max(entry["lr"], point * entry["lr_fraction"])
         params: dict[str, Any] = {}
         if len(by_name) > 1:
             params["optimizer"] = name

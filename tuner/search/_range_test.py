@@ -348,7 +348,6 @@ class LrProbe:
     diverges_at: float | None = None
     rises_at: float | None = None
     done: bool = False
-    _rose: bool = False
     _steep: int = 0  # consecutive steps above the stop ratio and climbing steeply
 
     @property
@@ -375,7 +374,10 @@ class LrProbe:
             return self.finish(diverged=True)
         if self.signal == "grad_norm":
             rising = self.norms.above(STOP_RATIO)
-            self._rose = self._rose or rising
+            if rising and self.rises_at is None:
+                # Where the first rise began: a norm can fall back after a blow-up (dead
+                # units), so the end of the ramp would say nothing.
+                self.rises_at = self.norms.onset()
             self._steep = self._steep + 1 if rising and self.norms.slope() >= EXPLODE_SLOPE else 0
             if self._steep >= PERSIST or self.norms.above(EXPLODE_RATIO):
                 return self.finish(diverged=True)
@@ -408,8 +410,7 @@ class LrProbe:
             # Never far below the explosion: a benign rise may have led into it.
             blew_up = self.lrs[max(0, len(self.lrs) - 1 - WINDOW // 2)]
             self.diverges_at = max(self.norms.onset(), EXPLOSION_REACH * blew_up)
-        elif self._rose:
-            self.rises_at = self.norms.onset()
+            self.rises_at = None
         return True
 
 
