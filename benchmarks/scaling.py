@@ -15,8 +15,19 @@
    and records, seeding), reported around trials 100, 500, 1000 and 2000. tuner's own part must
    stay flat: it counts trials in SQL and never loads them.
 
+3. Backends. ``tuner launch`` runs the same two studies, a no-op objective and 2-second trials
+   (random sampler, no range test, portfolio or replicates: trials only), first with
+   ``--backend-workers`` local worker processes, then with as many Ray actors
+   (``workers.backend: ray``) on a local Ray cluster, each in a fresh PostgreSQL database.
+   Per run: the time from launch's start to its first trial (Ray's includes connecting to the
+   cluster, shipping the objective's folder and starting the actors), the steady rate in trials
+   per minute (from the moment every worker has finished a trial, summed over workers, as in
+   part 1) and the wall time. Starting the Ray cluster itself, which a user does once, is shown
+   on its own line and is in none of the figures. Needs Ray (``pip install -e '.[ray]'``).
+
     python benchmarks/scaling.py [--quick] [--workers 1 4 16] [--window 20] [--trials 2000]
-                                 [--sampler tpe|random] [--skip throughput|growth]
+                                 [--sampler tpe|random] [--skip throughput|growth|backends ...]
+                                 [--backend-workers 3] [--noop-trials 300]
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna
+import yaml
 from optuna.trial import TrialState
 
 from benchmarks._study import write_study
@@ -194,9 +206,9 @@ def checkpoints(trials: int) -> tuple[int, ...]:
 def run_growth(trials: int) -> None:
     import tuner.runner
     import tuner.space
-    from tuner.launch import open_session
     from tuner.objective import load_objective
     from tuner.runner import Worker
+    from tuner.session import open_session
 
     print(f"\n== per-trial time as the study grows: no-op objective, TPE, {trials} trials")
     timers = Timers()
@@ -253,7 +265,8 @@ def run_growth(trials: int) -> None:
                 write_scaling_study(Path(tmp), url, trials=trials, sleep_s=0)
             )
             objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
-            study, tracker = open_session(study_file)
+            session = open_session(study_file)
+            study, tracker = session.study, session.tracker
             worker = Worker(study_file, study, objective, tracker, on_trial_end=trial_ended)
             mark = time.perf_counter()
             worker.run()
@@ -263,13 +276,108 @@ def run_growth(trials: int) -> None:
             restore()
 
 
+# --- 3. launch backends: local worker processes and Ray actors --------------------------------
+
+
+def steady_rate(done: dict[str, list[datetime]]) -> float:
+    """Trials per second summed over workers, from when every worker has finished a trial."""
+    t0 = max(times[0] for times in done.values())
+    rate = 0.0
+    for times in done.values():
+        mine = [c for c in times if c >= t0]
+        if len(mine) >= 2:
+            rate += (len(mine) - 1) / (mine[-1] - mine[0]).total_seconds()
+    return rate
+
+
+def launch_once(
+    backend: str, n_workers: int, trials: int, sleep_s: float, env: dict[str, str]
+) -> dict[str, float]:
+    """One ``tuner launch`` of a fresh study; its start-up, steady rate and wall time."""
+    with fresh_postgres_database("tuner_bench") as url, tempfile.TemporaryDirectory() as tmp:
+        path = write_scaling_study(Path(tmp), url, trials=trials, sleep_s=sleep_s, sampler="random")
+        doc = yaml.safe_load(path.read_text())
+        doc["search"] = {**doc["search"], "lr_range_test": "off", "portfolio": False}
+        doc["compare"] = {"seeds": 0}
+        doc["workers"] = (
+            {"backend": "ray", "count": n_workers}
+            if backend == "ray"
+            else {"devices": ["cpu"], "per_device": n_workers}
+        )
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        started = datetime.now()
+        done = subprocess.run(
+            [sys.executable, "-m", "tuner", "launch", str(path), "--quiet"],
+            cwd=tmp, env=env, capture_output=True, text=True, timeout=1800,
+        )  # fmt: skip
+        wall = (datetime.now() - started).total_seconds()
+        if done.returncode != 0:
+            raise SystemExit(f"{backend} launch failed:\n{done.stderr[-3000:]}")
+        study = optuna.load_study(study_name="scaling", storage=url)
+        trials_run = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        first = min(t.datetime_start for t in trials_run if t.datetime_start is not None)
+        by_worker = completions_by_worker(url)
+    return {
+        "first_s": (first - started).total_seconds(),
+        "per_min": steady_rate(by_worker) * 60,
+        "wall_s": wall,
+        "trials": float(len(trials_run)),
+        "workers": float(len(by_worker)),
+    }
+
+
+def run_backends(n_workers: int, noop_trials: int, sleep_trials: int) -> None:
+    try:
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        raise SystemExit("part 3 needs Ray: pip install -e '.[ray]' (or --skip backends)") from None
+
+    print(
+        f"\n== launch backends: {n_workers} local worker processes vs {n_workers} Ray actors, "
+        "PostgreSQL, tuner launch --quiet"
+    )
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a throwaway cluster on this machine
+    started = time.perf_counter()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": n_workers})
+    print(
+        f"  Ray cluster start (once per cluster, in no figure below): "
+        f"{time.perf_counter() - started:.1f} s ({n_workers} CPUs, one node)"
+    )
+    ray_env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    studies = [("no-op", noop_trials, 0.0), (f"{SLEEP_S:g} s trials", sleep_trials, SLEEP_S)]
+    print(
+        f"  {'study':<12} {'backend':<7} {'trials':>6} {'to 1st trial':>12} "
+        f"{'trials/min':>10} {'wall':>7}"
+    )
+    try:
+        for label, trials, sleep_s in studies:
+            rows = {}
+            for backend, env in (("local", dict(os.environ)), ("ray", ray_env)):
+                r = launch_once(backend, n_workers, trials, sleep_s, env)
+                rows[backend] = r
+                print(
+                    f"  {label:<12} {backend:<7} {r['trials']:>6.0f} {r['first_s']:>10.1f} s "
+                    f"{r['per_min']:>10.1f} {r['wall_s']:>5.1f} s",
+                    flush=True,
+                )
+            ratio = rows["ray"]["per_min"] / rows["local"]["per_min"]
+            print(f"  {'':<12} ray / local trials per minute: {ratio:.2f}")
+    finally:
+        cluster.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 and 4 workers, 500 trials")
     parser.add_argument("--workers", type=int, nargs="+", help="worker counts (1 4 16)")
     parser.add_argument("--window", type=float, help="steady-state seconds per count (20)")
     parser.add_argument("--trials", type=int, help="trials of the growth study (2000)")
-    parser.add_argument("--skip", choices=("throughput", "growth"), help="leave a part out")
+    parser.add_argument(
+        "--skip", action="append", choices=("throughput", "growth", "backends"), default=[],
+        help="leave a part out (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--backend-workers", type=int, default=3, help="part 3's workers (3)")
+    parser.add_argument("--noop-trials", type=int, help="part 3's no-op study (300; quick 100)")
     parser.add_argument(
         "--sampler",
         default="tpe",
@@ -288,10 +396,14 @@ def main() -> None:
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    if args.skip != "throughput":
+    if "throughput" not in args.skip:
         run_throughput(workers, window, args.sampler)
-    if args.skip != "growth":
+    if "growth" not in args.skip:
         run_growth(trials)
+    if "backends" not in args.skip:
+        noop = args.noop_trials or (100 if args.quick else 300)
+        per_worker = 3 if args.quick else 6  # 2-second trials per worker
+        run_backends(args.backend_workers, noop, per_worker * args.backend_workers)
 
 
 if __name__ == "__main__":

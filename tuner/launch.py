@@ -15,16 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import optuna
-
-from tuner.errors import ConfigError, ObjectiveError
+from tuner.errors import ConfigError, ObjectiveError, StorageFailure
 from tuner.progress import result_line
 from tuner.runner import Worker
 from tuner.search import worker_index
-from tuner.session import open_session as _open_session
-from tuner.session import open_study_storage
+from tuner.session import open_session
 from tuner.storage import redact_url
 from tuner.summary import StudySummary, mlflow_view, summarize
 from tuner.supervisor import WORKER_INDEX_ENV
@@ -37,8 +34,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Slot",
     "launch",
-    "open_session",
-    "open_study_storage",
     "resolve_slots",
     "run_worker",
 ]
@@ -80,12 +75,6 @@ def resolve_slots(devices: str | list[str], per_device: int) -> list[Slot]:
     return slots
 
 
-def open_session(study_file: StudyFile) -> tuple[optuna.Study, Tracker]:
-    """The study (created or resumed) and the tracker: :func:`tuner.session.open_session`."""
-    session = _open_session(study_file)
-    return session.study, session.tracker
-
-
 def launch(
     study_file: StudyFile,
     *,
@@ -100,8 +89,9 @@ def launch(
     Prints what it is doing at once (the study, where it is stored and tracked, the workers),
     shows progress while the workers run, and returns the final summary and why it stopped
     (with the exit code and one line for the user). The objective never runs in this
-    process: every slot is a ``tuner worker`` process (:mod:`tuner.supervisor`). ``show`` gets
-    the summary as soon as it is known, while the workers' processes are still ending.
+    process: every slot is a ``tuner worker`` process (:mod:`tuner.supervisor`), or with
+    ``workers.backend: ray`` a Ray actor on a Ray cluster (:mod:`tuner.ray_backend`). ``show``
+    gets the summary as soon as it is known, while the workers' processes are still ending.
     """
     from tuner.progress import Progress
     from tuner.supervisor import Supervisor
@@ -111,18 +101,26 @@ def launch(
         f"tuner launch: study {study_file.name!r} ({study_file.path}) | storage "
         f"{redact_url(study_file.storage)} | MLflow {_tracking_location(study_file)}"
     )
-    slots = slots or resolve_slots(study_file.workers.devices, study_file.workers.per_device)
-    for slot in slots:
-        _check_device(slot.tag)
-    echo(f"workers: {len(slots)} ({_describe_slots(slots)})")
+    cluster = None
+    if study_file.workers.backend == "ray":
+        from tuner.ray_backend import RayCluster
+
+        cluster = RayCluster.connect(study_file)  # refuses what the cluster cannot run
+        slots = cluster.slots
+        echo(f"workers: {cluster.describe()}")
+    else:
+        slots = slots or resolve_slots(study_file.workers.devices, study_file.workers.per_device)
+        for slot in slots:
+            _check_device(slot.tag)
+        echo(f"workers: {len(slots)} ({_describe_slots(slots)})")
     # MLflow is opened once the workers are starting: its import and store take seconds, which
     # the workers spend importing torch and the objective.
-    session = _open_session(study_file, tracking=False)
+    session = open_session(study_file, tracking=False)
     study = session.study
     timeout = study_file.budget.timeout
     deadline = time.time() + timeout if timeout else None
     progress = Progress(study, study_file, echo, live=live and not quiet)
-    supervisor = Supervisor(
+    supervisor = (Supervisor if cluster is None else cluster.supervisor)(
         study_file, session=session, slots=slots, progress=progress, deadline=deadline,
         quiet=quiet, after_spawn=session.open_tracking,
     )  # fmt: skip
@@ -157,17 +155,23 @@ def run_worker(
     deadline: float | None = None,
     supervisor_pid: int | None = None,
     events_fd: int | None = None,
+    events: Callable[[dict[str, Any]], None] | None = None,
 ) -> str:
     """``tuner worker``: join the study and run trials on one device until the budget is spent.
 
-    Under ``tuner launch`` (``supervisor_pid``) the worker reports its trials on ``events_fd``
-    and stops once that process is gone.
+    Under ``tuner launch`` the worker reports its trials to launch: on ``events_fd`` for a
+    local worker, which stops once ``supervisor_pid`` is gone, or to ``events`` for a Ray
+    actor (:mod:`tuner.ray_backend`).
     """
     from tuner.objective import load_objective
     from tuner.storage import warn_if_sqlite_shared
     from tuner.tracking import RelayTracker, tracking_off
 
-    if supervisor_pid is None:
+    if events_fd is not None:
+        from tuner.supervisor import EventWriter
+
+        events = EventWriter(events_fd)
+    if events is None:
         # A local launch owns its SQLite file; the warning is for a worker joining from afar.
         warning = warn_if_sqlite_shared(study_file.storage)
         if warning:
@@ -182,17 +186,17 @@ def run_worker(
     worker = (
         int(index) if index.isdigit() else worker_index(f"{socket.gethostname()}/{os.getpid()}")
     )
-    events = None
-    if events_fd is not None:
-        from tuner.supervisor import EventWriter
-
-        events = EventWriter(events_fd)
     # Under launch the records go to the launch process, which has MLflow open: this process
     # never imports MLflow (seconds per worker start; tuner.tracking._relay).
     relayed = events is not None and not tracking_off(study_file.mlflow.tracking_uri)
-    session = _open_session(
-        study_file, patience=STARTUP_PATIENCE, worker=worker, tracking=not relayed
-    )
+    try:
+        session = open_session(
+            study_file, patience=STARTUP_PATIENCE, worker=worker, tracking=not relayed
+        )
+    except StorageFailure as exc:  # e.g. no connection left: launch stops, says this line
+        if events is not None:
+            events({"event": "storage_failure", "message": str(exc)})
+        raise
     if relayed:
         assert events is not None
         session.tracker = RelayTracker(events)
@@ -215,7 +219,7 @@ def run_worker(
     )
     try:
         reason = worker.run()
-        if supervisor_pid is None:  # under launch, the supervisor updates the parent run
+        if events is None:  # under launch, the supervisor updates the parent run
             _update_parent(
                 tracker,
                 summarize(study, budget=study_file.budget.trials, compare=study_file.compare),

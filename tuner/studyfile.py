@@ -266,7 +266,7 @@ class MlflowConfig(_Section):
 
 
 class CompareConfig(_Section):
-    """``compare:`` the answer to "which optimizer?" (DESIGN §8, :mod:`tuner.compare`).
+    """``compare:`` the answer to "which optimizer?" (docs/answer.md, :mod:`tuner.compare`).
 
     After the search, the best configuration of each of the top ``finalists`` optimizers runs
     again with ``seeds`` fresh seeds; ``seeds: 0`` turns this off. An interval needs at least
@@ -295,13 +295,19 @@ _DEVICE_RULE = "must be 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
 
 
 class WorkersConfig(_Section):
-    """``workers:`` where trials run on this machine: ``devices × per_device`` worker processes.
+    """``workers:`` where trials run: ``devices × per_device`` worker processes on this machine
+    (``backend: local``), or ``count`` Ray actors on a Ray cluster (``backend: ray``,
+    :mod:`tuner.ray_backend`).
 
     ``devices: auto`` means every visible CUDA device, else the CPU; a single device or a list
-    (``[cuda:0, cuda:1]``) names them.
+    (``[cuda:0, cuda:1]``) names them. With ``backend: ray``, ``address`` is what
+    ``ray.init(address=...)`` takes (``auto``: ``RAY_ADDRESS``, else this machine's cluster,
+    else a new local one) and ``count`` defaults to the cluster's GPUs × ``per_device``.
 
     >>> WorkersConfig(devices=["cuda:0", "cpu"]).devices
     ('cuda:0', 'cpu')
+    >>> WorkersConfig(backend="ray", count=8).address
+    'auto'
     """
 
     devices: Literal["auto"] | tuple[str, ...] = "auto"
@@ -313,6 +319,9 @@ class WorkersConfig(_Section):
     # Past an hour of silence nobody is watching: a lost trial would wait that long to rerun.
     heartbeat_interval: _Int = Field(10, ge=1, le=600)
     grace_period: _Int = Field(45, ge=2, le=3600)
+    backend: Literal["local", "ray"] = "local"
+    address: str = Field("auto", min_length=1)
+    count: _Int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _grace_after_heartbeat(self) -> WorkersConfig:
@@ -320,6 +329,24 @@ class WorkersConfig(_Section):
             raise _FieldError(
                 "`grace_period > heartbeat_interval` must hold, but got "
                 f"(heartbeat_interval={self.heartbeat_interval}, grace_period={self.grace_period})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> WorkersConfig:
+        if self.backend == "local":
+            for key in ("address", "count"):
+                if key in self.model_fields_set:
+                    raise _FieldError(
+                        "is only used with `backend: ray` (local workers are devices x "
+                        f"per_device processes on this machine), but got {getattr(self, key)!r}",
+                        sub=f".{key}",
+                    )
+        elif self.devices != "auto":
+            raise _FieldError(
+                "must be auto with `backend: ray` (Ray gives each worker a GPU, or one CPU on a "
+                f"cluster without GPUs), but got {list(self.devices)!r}",
+                sub=".devices",
             )
         return self
 
@@ -339,7 +366,7 @@ class WorkersConfig(_Section):
 
 
 class StudyFile(_Section):
-    """A validated study file (DESIGN §2), every default filled in.
+    """A validated study file (docs/study-file.md), every default filled in.
 
     ``search`` is the :class:`tuner.space.SearchSpace` built by ``tuner.space.parse_search``
     (omitted in the file: the whole catalog with its default ranges). ``storage`` is any

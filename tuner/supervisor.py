@@ -145,6 +145,7 @@ class Supervisor:
         self._stop_asked_at: float | None = None
         self._boot_failures: dict[int, int] = {}
         self._config_error: str | None = None
+        self._storage_failure: str | None = None  # a worker's one line: a full disk...
         self._given_up: list[str] = []
         self._closing = False
         self._next_stale_check = 0.0
@@ -266,21 +267,35 @@ class Supervisor:
     def _line(self, w: _WorkerProcess, fd: int, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip()
         if fd == w.output:
-            if text:
-                text = text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
-                w.tail.append(text)
-                if not self.quiet:
-                    self.progress.line(f"[worker {w.index + 1}] {text}")
+            self._output(w, text)
             return
         try:
             event = json.loads(text)
         except ValueError:
             return
+        self._event(w, event)
+
+    def _output(self, w: _WorkerProcess, text: str) -> None:
+        """A line of a worker's output: shown with the worker's number, kept for its errors."""
+        if text:
+            text = text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
+            w.tail.append(text)
+            if not self.quiet:
+                self.progress.line(f"[worker {w.index + 1}] {text}")
+
+    def _event(self, w: _WorkerProcess, event: dict[str, Any]) -> None:
+        """One event of a worker (its pipe here, its Ray actor in tuner.ray_backend)."""
         kind = event.get("event")
         if kind == TRACK_EVENT:
             self._relay.apply(event)
         elif kind == "done":
             w.done = True
+        elif kind == "storage_failure" and self._storage_failure is None:
+            # Every worker would meet it: stop them all, start none.
+            self._storage_failure = str(event.get("message"))
+            for other in self.workers.values():
+                self._signal(other, signal.SIGTERM, group=False)
+            self._stop_asked_at = time.monotonic()
         elif kind == "start":
             w.running = _Running(event["number"], event["trial_id"], time.monotonic())
             w.trials_started += 1
@@ -408,6 +423,8 @@ class Supervisor:
     def _should_replace(self) -> bool:
         if self._closing or self._stopping is not None or self._config_error is not None:
             return False
+        if self._storage_failure is not None:
+            return False
         if self.deadline is not None and time.time() >= self.deadline:
             return False
         counts, failed, finished, replicates = self._tally()
@@ -455,7 +472,9 @@ class Supervisor:
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # finished meanwhile (a stale check elsewhere): nothing to correct
         except Exception as exc:  # the heartbeat check fails it after the grace period
-            log.warning("could not record trial %d as %s: %s", running.number, outcome.value, exc)
+            # After a storage failure the one line that ends launch says why already.
+            say = log.debug if self._storage_failure is not None else log.warning
+            say("could not record trial %d as %s: %s", running.number, outcome.value, exc)
             return
         if not self._relay.end_lost(running.number, outcome.value, reason):
             self.session.tracker.kill_trial(running.number, reason=reason)
@@ -528,6 +547,8 @@ class Supervisor:
             tally += f", {replicates} replicates"
         if failed:
             tally += f", {failed} failed"
+        if self._storage_failure is not None:
+            return Stop("storage", 1, f"error: {self._storage_failure}")
         if self._stopping is not None:
             name = signal.Signals(self._stopping).name
             waiting = counts.get(TrialState.WAITING, 0)
