@@ -10,6 +10,7 @@ from typing import Any
 import matplotlib.image
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from tuner.report import (
@@ -168,8 +169,11 @@ def assert_png(path: Path) -> None:
 
 
 def complete_by_optimizer(study: optuna.Study) -> dict[str, list[float]]:
+    """The search's complete values per optimizer (replicates are not search trials)."""
     out: dict[str, list[float]] = {}
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        if "tuner:replicate" in t.user_attrs:
+            continue
         out.setdefault(t.user_attrs["tuner:config"]["optimizer"], []).append(t.value)
     return out
 
@@ -191,7 +195,12 @@ def test_report_writes_every_plot_and_the_summary(
     best = pick(v for vs in complete_by_optimizer(study).values() for v in vs)
     assert best == study.best_value
     metric = "val_accuracy" if direction == "maximize" else "loss"
-    assert f"Best `{metric}`: **{best:.6g}** (trial {study.best_trial.number})" in text
+    # With replicates, the best is the answer's recommendation with its mean; the best search
+    # trial is labelled as a search value.
+    chosen = report.answer.recommended
+    assert f"Best `{metric}`: **{chosen.mean:.6g} ± " in text
+    assert f"(adamw, mean of 3 seeds of trial {chosen.trial}'s configuration)**" in text
+    assert f"The best search value, {best:.6g} (trial {study.best_trial.number}, " in text
     assert "optimizer: adamw" in text  # the best configuration, as YAML
     counts = {
         o: sum(
@@ -205,7 +214,7 @@ def test_report_writes_every_plot_and_the_summary(
     for outcome, n in counts.items():
         assert f"| {outcome} | {n} |" in text
     assert "of a budget of 40" in text
-    assert "- Learning-rate schedule of the best trial: `lr_schedule.png`" in text
+    assert "- Learning-rate schedule of the best configuration: `lr_schedule.png`" in text
 
 
 def test_best_per_optimizer_lists_each_optimizer_best_first(
@@ -264,18 +273,25 @@ def test_importances_cover_a_shared_lr_and_the_best_optimizers_own(
     assert importances == param_importances(adamw)  # seeded: the same report twice
 
 
-def test_the_lr_plot_follows_the_best_trial(reported: tuple[optuna.Study, Report, Path]) -> None:
-    study, report, _ = reported
-    best = study.best_trial.user_attrs["tuner:config"]
-    curve = lr_curve(best, TOTAL_STEPS)
-    warmup = round(best["warmup"]["fraction"] * TOTAL_STEPS)
+def test_the_lr_sentence_describes_the_configuration_above_it(
+    reported: tuple[optuna.Study, Report, Path],
+) -> None:
+    _, report, _ = reported
+    # The configuration the Best block prints, read back from summary.md itself.
+    best_block = report.summary_text.split("## Best\n")[1].split("\n## ")[0]
+    shown = yaml.safe_load(best_block.split("```yaml\n")[1].split("```")[0])
+    assert shown == report.answer.recommended.config  # the answer's recommendation
+    curve = lr_curve(shown, TOTAL_STEPS)
+    warmup = round(shown["warmup"]["fraction"] * TOTAL_STEPS)
     assert curve.warmup_steps == warmup
     assert curve.lrs[0] == 0.0
-    assert max(curve.lrs) == pytest.approx(best["lr"])
+    assert max(curve.lrs) == pytest.approx(shown["lr"])
     assert (
-        f"Its learning rate over {TOTAL_STEPS} optimizer steps: starts at 0, "
-        f"peaks at {best['lr']:.4g} at step {warmup} (the end of {warmup} warmup steps)"
-    ) in report.summary_text
+        f"Its learning rate ({shown['optimizer']}, lr {shown['lr']:.2g}, "
+        f"{shown['schedule']['name']}, {shown['warmup']['fraction']:.0%} warmup) over "
+        f"{TOTAL_STEPS} optimizer steps: starts at 0, peaks at {shown['lr']:.4g} at step "
+        f"{warmup} (the end of {warmup} warmup steps), ends at {curve.lrs[-1]:.4g}."
+    ) in best_block
 
 
 def test_lr_curve_is_warmup_then_cosine() -> None:

@@ -210,7 +210,10 @@ def test_missing_database_is_a_redacted_storage_error() -> None:
 @pytest.mark.parametrize(
     ("url", "pieces"),
     [
-        ("sqlite:////nonexistent-dir/s3cret/../tuner.db", ["(sqlite)", "unable to open"]),
+        (
+            "sqlite:////nonexistent-dir/s3cret/../tuner.db",
+            ["does not exist: /nonexistent-dir", "(SQLite: unable to open"],
+        ),
         ("nosuchdb://tuner:s3cret@host/tuner", ["nosuchdb://tuner:***@host", "(nosuchdb)"]),
         ("postgresql://tuner:s3cret@host:notaport/db", ["invalid storage URL", "tuner:***@"]),
         ("nonsense", ["invalid storage URL", "Could not parse"]),

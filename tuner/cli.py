@@ -226,8 +226,9 @@ def status(study_path: Path) -> None:
 def best(study_path: Path, fmt: str, output: Path | None) -> None:
     """The winning configuration, ready for `tuner.load_optimizer_config` or as torch code.
 
-    The winner is the answer's (its finalists re-run with fresh seeds, DESIGN §8); with
-    replicates off or not run yet, the best search trial's optimizer.
+    The answer's recommended optimizer (its finalists re-run with fresh seeds, docs/answer.md:
+    the winner, or the cheapest of those tied with it); with replicates off or not run yet, the
+    best search trial's configuration.
     """
     from tuner.compare import compute_answer
     from tuner.export import OptimizerConfig
@@ -238,13 +239,14 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
     study_file = _load(study_path)
     study = _load_existing_study(study_file)
     answer = compute_answer(study, study_file.compare)
-    if answer.winner is None:
+    chosen = answer.recommended
+    if chosen is None:
         raise TunerError(
             f"study {study_file.name!r} has no complete trial yet",
             hint="run `tuner launch` first, or `tuner status` to see how the trials went",
         )
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == answer.winner.trial)
-    config = OptimizerConfig.from_dict(answer.winner.config)
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == chosen.trial)
+    config = OptimizerConfig.from_dict(chosen.config)
     total_steps = trial.user_attrs.get(ATTR.TOTAL_STEPS)
     header = [f"{study_file.name}: {answer.sentence()}."]
     if not isinstance(total_steps, int):
@@ -274,7 +276,7 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
 )
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-    help="text: the summary; json: the answer document (DESIGN §8) on standard output.",
+    help="text: the summary; json: the answer document (docs/answer.md) on standard output.",
 )  # fmt: skip
 @_handle_errors
 def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:

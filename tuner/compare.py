@@ -1,4 +1,4 @@
-"""The answer to "which optimizer?" (DESIGN §8): finalists re-run with fresh seeds, then tested.
+"""The answer to "which optimizer?" (docs/answer.md): finalists re-run with fresh seeds, tested.
 
 After the search, the finalists (the best configuration of each of the top
 ``compare.finalists`` optimizers) are re-run ``compare.seeds`` times each. These *replicates*
@@ -31,6 +31,24 @@ Statistics, in :func:`compute_answer`:
 The search value of a finalist is not part of its mean: it was selected as the best of many
 trials, so it is biased upward (the winner's curse); fresh seeds are not.
 
+Cost, in :func:`compute_answer` from what each replicate's worker stored with it: the mean
+wall time of the objective (``seconds``) and per reported step (``seconds_per_epoch``), the
+bytes of the optimizer's state tensors at the end of the run (``state_bytes``), and
+``steps_to_target``, the first reported step at which a replicate reached the *target* (the
+weakest tier-1 mean, which every tier-1 optimizer reaches on average), as a mean over the
+replicates that reached it.
+
+**The cheapest of tier 1** (:func:`cheapest`) is what the answer recommends. Time per epoch
+and optimizer memory decide; each is compared to the winner's as a ratio. A ratio within
+:data:`MATERIAL` (1.25x either way) counts as no difference (wall time on a shared machine
+moves that much), and no ratio counts for more than :data:`CAP` (4x) either way, so a
+large saving in one cost weighs against a smaller loss in the other by their product:
+half the memory at 1.3x the time per epoch scores 0.65 and is recommended; at 2.5x the time
+it scores 1.25 and is not. A tied optimizer is recommended when its score is at most
+``1 / MATERIAL`` (1.25x cheaper overall); among several, the lowest score, then the
+better mean. ``steps_to_target`` is shown but does not decide: the configuration's schedule
+is tuned over all its steps, so stopping at the target would train a different schedule.
+
 Example::
 
     >>> from tuner.compare import t_interval
@@ -56,12 +74,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALPHA",
+    "CAP",
+    "COST_RULE",
     "INTERVAL_METHOD",
+    "MATERIAL",
     "REPLICATE_ATTR",
     "TEST_METHOD",
     "Answer",
     "Finalist",
+    "cheapest",
     "compute_answer",
+    "cost_score",
     "describe_answer",
     "describe_config",
     "finalists",
@@ -70,6 +93,7 @@ __all__ = [
     "replicate_counts",
     "replicate_of",
     "replicate_seed",
+    "steps_to_target",
     "t_interval",
     "tied",
 ]
@@ -80,6 +104,15 @@ INTERVAL_METHOD = "Student's t-interval of the replicate mean (95%)"
 TEST_METHOD = (
     "paired t-test on per-seed differences to the tier leader (two-sided, alpha 0.05); "
     "Welch's t-test when fewer than two seeds are shared"
+)
+
+# The cheapest of tier 1 (see the module docstring and the README's answer section).
+MATERIAL = 1.25
+CAP = 4.0
+COST_RULE = (
+    "the cheapest of tier 1: time per epoch and optimizer memory as ratios to the winner's, "
+    f"each within {MATERIAL:g}x counted as equal and capped at {CAP:g}x, multiplied; a tied "
+    f"optimizer whose product is at most 1/{MATERIAL:g} is recommended over the winner"
 )
 
 _CONFIG = ATTR.CONFIG
@@ -160,10 +193,15 @@ def replicate_counts(study: optuna.Study) -> dict[TrialState, int]:
 def planned(
     trials: Sequence[FrozenTrial], direction: str, compare: CompareConfig, base_seed: int
 ) -> list[dict[str, Any]]:
-    """Every replicate the answer needs, finalist by finalist, seed by seed."""
+    """Every replicate the answer needs, seed by seed, each seed of every finalist in turn.
+
+    Seed-major, so that a change in the machine's load while the replicates run falls on
+    every finalist alike: their times per epoch are compared (:func:`cheapest`).
+    """
     out = []
-    for finalist in finalists(trials, direction, compare.finalists):
-        for index in range(compare.seeds):
+    chosen = finalists(trials, direction, compare.finalists)
+    for index in range(compare.seeds):
+        for finalist in chosen:
             out.append(
                 {
                     "of": finalist.number,
@@ -254,6 +292,13 @@ class Finalist:
     ci95: tuple[float, float] | None = None
     group: int = 0
     p_value: float | None = None  # against its tier's leader
+    # Cost, measured during the complete replicates (None where nothing was measured)
+    seconds: float | None = None  # mean wall time of the objective per replicate
+    seconds_per_epoch: float | None = None
+    state_bytes: int | None = None
+    steps_to_target: float | None = None  # mean over the replicates that reached the target
+    target_reached: int = 0  # how many replicates reached it
+    curves: dict[int, dict[int, float]] = field(default_factory=dict, repr=False)  # seed -> steps
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -266,12 +311,17 @@ class Finalist:
             "mean": self.mean,
             "ci95": None if self.ci95 is None else list(self.ci95),
             "group": self.group,
+            "seconds": _round(self.seconds),
+            "seconds_per_epoch": _round(self.seconds_per_epoch),
+            "state_bytes": self.state_bytes,
+            "steps_to_target": self.steps_to_target,
+            "target_reached": self.target_reached,
         }
 
 
 @dataclass
 class Answer:
-    """The answer of DESIGN §8; :meth:`to_json` is the document, :meth:`sentence` the summary."""
+    """The answer (docs/answer.md): :meth:`to_json` is the document, :meth:`sentence` its line."""
 
     study: str
     metric: str
@@ -281,10 +331,16 @@ class Answer:
     replicates_done: int = 0
     replicates_planned: int = 0
     replicate_seconds: float = 0.0
+    target: float | None = None  # the weakest tier-1 mean: what steps_to_target counts to
 
     @property
     def winner(self) -> Finalist | None:
         return self.finalists[0] if self.finalists else None
+
+    @property
+    def recommended(self) -> Finalist | None:
+        """The optimizer to use: the winner, or the cheapest of tier 1 (:func:`cheapest`)."""
+        return cheapest(self.finalists)
 
     @property
     def replicated(self) -> bool:
@@ -296,7 +352,10 @@ class Answer:
             "metric": self.metric,
             "direction": self.direction,
             "winner": None if self.winner is None else self.winner.optimizer,
+            "recommended": None if self.recommended is None else self.recommended.optimizer,
             "answer": self.sentence(),
+            "target": self.target,
+            "cost_rule": COST_RULE if self.replicated else None,
             "method": {"interval": INTERVAL_METHOD, "test": TEST_METHOD}
             if self.replicated
             else {"interval": None, "test": None},
@@ -312,25 +371,37 @@ class Answer:
         return json.dumps(self.to_json(), indent=2) + "\n"
 
     def sentence(self) -> str:
-        """The answer in one sentence, e.g. "adamw (lr 3.4e-3, cosine, 5% warmup): 0.984 ±
-        0.004 over 3 seeds; tied with yogi; ahead of nesterov"."""
+        """The answer in one sentence, led by the recommended optimizer, e.g. "nesterov (lr
+        0.1, cosine): 0.983 ± 0.004 over 3 seeds, the cheapest of tier 1; tied with adamw (best
+        mean; 1.4× slower per epoch, 2× the optimizer memory); ahead of yogi"."""
         w = self.winner
         if w is None:
             return "no answer yet: no complete trial"
-        head = f"{w.optimizer} ({describe_config(w.config)})"
         if not self.replicated:
+            head = f"{w.optimizer} ({describe_config(w.config)})"
             why = "replicates are off" if self.seeds == 0 else "no replicate has finished yet"
             others = ", ".join(f.optimizer for f in self.finalists[1:])
             tail = f"; then {others}" if others else ""
             return f"{head}: best search value {w.search_value:.4g} ({why}){tail}"
-        assert w.mean is not None
-        n = len(w.replicates)
-        text = f"{head}: {w.mean:.4g}"
-        if w.ci95 is not None:
-            text += f" ± {(w.ci95[1] - w.ci95[0]) / 2:.2g}"
+        r = self.recommended
+        assert r is not None and r.mean is not None
+        n = len(r.replicates)
+        text = f"{r.optimizer} ({describe_config(r.config)}): {r.mean:.4g}"
+        if r.ci95 is not None:
+            text += f" ± {(r.ci95[1] - r.ci95[0]) / 2:.2g}"
         text += f" over {n} seed{'s' if n != 1 else ''}"
-        ties = [f.optimizer for f in self.finalists[1:] if f.group == w.group]
-        ahead = [f.optimizer for f in self.finalists if f.group > w.group]
+        if r is not w:
+            text += ", the cheapest of tier 1"
+        ties = []
+        for f in self.finalists:
+            if f is r or f.group != r.group:
+                continue
+            notes = ["best mean"] if f is w else []
+            cost = describe_cost(f, r)
+            if cost:
+                notes.append(cost)
+            ties.append(f.optimizer + (f" ({'; '.join(notes)})" if notes else ""))
+        ahead = [f.optimizer for f in self.finalists if f.group > r.group]
         if ties:
             text += f"; tied with {', '.join(ties)}"
         if ahead:
@@ -345,17 +416,30 @@ class Answer:
 def describe_answer(answer: Answer) -> str:
     """The answer as Markdown: the sentence, then a table of the finalists (MLflow's note)."""
     lines = [f"**{answer.sentence()}**", ""]
-    lines.append(f"| tier | optimizer | mean {answer.metric} | 95% interval | seeds | search |")
-    lines.append("|---:|---|---:|---:|---:|---:|")
+    lines.append(
+        f"| tier | optimizer | mean {answer.metric} | 95% interval | seeds | search "
+        "| s/epoch | optimizer state | steps to target |"
+    )
+    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    recommended = answer.recommended
     for f in answer.finalists:
         mean = "—" if f.mean is None else f"{f.mean:.4g}"
         ci = "—" if f.ci95 is None else f"[{f.ci95[0]:.4g}, {f.ci95[1]:.4g}]"
+        mark = " **recommended**" if f is recommended and answer.replicated else ""
         lines.append(
-            f"| {f.group} | {f.optimizer} ({describe_config(f.config)}) | {mean} | {ci} | "
-            f"{len(f.replicates)} | {f.search_value:.4g} (trial {f.trial}) |"
+            f"| {f.group} | {f.optimizer} ({describe_config(f.config)}){mark} | {mean} | {ci} | "
+            f"{len(f.replicates)} | {f.search_value:.4g} (trial {f.trial}) | "
+            f"{_fmt_seconds(f.seconds_per_epoch)} | {format_bytes(f.state_bytes)} | "
+            f"{_fmt_steps(f)} |"
         )
     if answer.replicated:
         lines += ["", f"Interval: {INTERVAL_METHOD}. Tiers: {TEST_METHOD}."]
+        if answer.target is not None:
+            lines.append(
+                f"Steps to target: the first reported step at which a replicate reached "
+                f"{answer.target:.4g} (the weakest tier-1 mean), mean over the seeds that did."
+            )
+        lines.append(f"Recommended: {COST_RULE}.")
     return "\n".join(lines)
 
 
@@ -401,6 +485,7 @@ def compute_answer(
     by_trial = {f.trial: f for f in rows}
     done = 0
     seconds = 0.0
+    costs: dict[int, list[FrozenTrial]] = {f.trial: [] for f in rows}
     for t in sorted(trials, key=lambda t: t.number):
         record = replicate_of(t)
         if record is None:
@@ -411,6 +496,8 @@ def compute_answer(
             continue
         if t.state == TrialState.COMPLETE and _finite(t.value):
             row.replicates[int(record["seed"])] = float(t.value)
+            row.curves[int(record["seed"])] = dict(t.intermediate_values)
+            costs[row.trial].append(t)
             done += 1
         elif t.state == TrialState.PRUNED or t.user_attrs.get(_OUTCOME) == "failed":
             row.not_complete += 1
@@ -420,11 +507,23 @@ def compute_answer(
         if values:
             row.mean = math.fsum(values) / len(values)
             row.ci95 = t_interval(values)
+        _measure_cost(row, costs[row.trial])
     replicated = any(r.mean is not None for r in rows)
+    target = None
     if replicated:
         # Best replicate mean first; a finalist with no finished replicate goes last.
         rows.sort(key=lambda r: (r.mean is None, sign * (r.mean or 0.0), sign * r.search_value))
         _assign_groups(rows)
+        tier1 = [r.mean for r in rows if r.group == 1 and r.mean is not None]
+        target = min(tier1) if direction == "maximize" else max(tier1)
+        for row in rows:
+            reached = [
+                s
+                for curve in row.curves.values()
+                if (s := steps_to_target(curve, target, direction)) is not None
+            ]
+            row.target_reached = len(reached)
+            row.steps_to_target = math.fsum(reached) / len(reached) if reached else None
     else:
         for i, row in enumerate(rows, 1):
             row.group = i
@@ -437,7 +536,153 @@ def compute_answer(
         replicates_done=done,
         replicates_planned=len(rows) * compare.seeds,
         replicate_seconds=seconds,
+        target=target,
     )
+
+
+def steps_to_target(curve: Mapping[int, float], target: float, direction: str) -> int | None:
+    """The first reported step whose value reached ``target`` (``>=`` when maximizing, ``<=``
+    when minimizing), or None when none did.
+
+    >>> steps_to_target({0: 0.5, 1: 0.8, 2: 0.9, 3: 0.85}, 0.8, "maximize")
+    1
+    >>> steps_to_target({0: 3.0, 1: 2.0}, 1.0, "minimize") is None
+    True
+    """
+    for step in sorted(curve):
+        value = curve[step]
+        if not _finite(value):
+            continue
+        if (value >= target) if direction == "maximize" else (value <= target):
+            return step
+    return None
+
+
+def cost_score(f: Finalist, ref: Finalist) -> float:
+    """How much ``f`` costs against ``ref``: the product of the time-per-epoch and the
+    optimizer-memory ratios, each within :data:`MATERIAL` counted as 1 and capped at
+    :data:`CAP` either way; a cost measured for only one of them does not count.
+
+    >>> a = Finalist("adam", 0, {}, 0.0, seconds_per_epoch=1.0, state_bytes=800)
+    >>> m = Finalist("momentum", 1, {}, 0.0, seconds_per_epoch=1.1, state_bytes=400)
+    >>> cost_score(m, a)  # time within 1.25x: only the memory counts
+    0.5
+    """
+    score = 1.0
+    for mine, theirs in (
+        (f.seconds_per_epoch, ref.seconds_per_epoch),
+        (f.state_bytes, ref.state_bytes),
+    ):
+        if mine is None or theirs is None:
+            continue
+        score *= _ratio(float(mine), float(theirs))
+    return score
+
+
+def cheapest(rows: Sequence[Finalist]) -> Finalist | None:
+    """The recommended finalist: the winner (``rows[0]``), or the tier-1 finalist that is
+    cheaper than it by :func:`cost_score` at most ``1 / MATERIAL``; the lowest score wins,
+    then the better mean. Without replicates the winner is the best search value."""
+    if not rows:
+        return None
+    winner = rows[0]
+    if winner.mean is None:
+        return winner
+    best, best_score = winner, 1.0 / MATERIAL
+    for f in rows[1:]:
+        if f.group != winner.group or f.mean is None:
+            continue
+        score = cost_score(f, winner)
+        if score < best_score or (score <= best_score and best is winner):
+            best, best_score = f, score
+    return best
+
+
+def describe_cost(f: Finalist, ref: Finalist) -> str:
+    """How ``f``'s cost differs from ``ref``'s, in words: "1.4× slower per epoch, half the
+    optimizer memory"; empty when no difference is material (:data:`MATERIAL`)."""
+    parts = []
+    if f.seconds_per_epoch and ref.seconds_per_epoch:
+        r = f.seconds_per_epoch / ref.seconds_per_epoch
+        if r >= MATERIAL:
+            parts.append(f"{r:.2g}× slower per epoch")
+        elif r <= 1 / MATERIAL:
+            parts.append(f"{1 / r:.2g}× faster per epoch")
+    if f.state_bytes is not None and ref.state_bytes is not None:
+        mine, theirs = f.state_bytes, ref.state_bytes
+        if mine == 0 and theirs > 0:
+            parts.append("no optimizer state")
+        elif theirs == 0 and mine > 0:
+            parts.append(f"{format_bytes(mine)} of optimizer state where {ref.optimizer} has none")
+        elif theirs > 0:
+            r = mine / theirs
+            if 0.45 <= r <= 0.55:
+                parts.append("half the optimizer memory")
+            elif r >= MATERIAL or r <= 1 / MATERIAL:
+                parts.append(f"{r:.2g}× the optimizer memory")
+    return ", ".join(parts)
+
+
+def format_bytes(n: int | None) -> str:
+    """``2097152`` -> ``2 MiB``; None -> ``—``.
+
+    >>> format_bytes(1536), format_bytes(0)
+    ('1.5 KiB', '0 B')
+    """
+    if n is None:
+        return "—"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.3g} {unit}" if unit != "B" else f"{n} B"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _ratio(mine: float, theirs: float) -> float:
+    if mine == theirs:
+        return 1.0
+    if theirs <= 0:
+        return CAP
+    r = mine / theirs
+    if 1 / MATERIAL < r < MATERIAL:
+        return 1.0
+    return min(CAP, max(1 / CAP, r))
+
+
+def _measure_cost(row: Finalist, replicates: Sequence[FrozenTrial]) -> None:
+    """The finalist's cost from its complete replicates: what their workers stored."""
+    seconds, per_epoch, state = [], [], []
+    for t in replicates:
+        s = t.user_attrs.get(ATTR.OBJECTIVE_SECONDS)
+        epochs = t.user_attrs.get(ATTR.EPOCHS)
+        if isinstance(s, int | float):
+            seconds.append(float(s))
+            if isinstance(epochs, int) and epochs > 0:
+                per_epoch.append(float(s) / epochs)
+        b = t.user_attrs.get(ATTR.STATE_BYTES)
+        if isinstance(b, int):
+            state.append(b)
+    row.seconds = math.fsum(seconds) / len(seconds) if seconds else None
+    row.seconds_per_epoch = math.fsum(per_epoch) / len(per_epoch) if per_epoch else None
+    # The same model and optimizer every seed: the state is the same size (max, to be safe).
+    row.state_bytes = max(state) if state else None
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else float(f"{x:.4g}")
+
+
+def _fmt_seconds(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g} s"
+
+
+def _fmt_steps(f: Finalist) -> str:
+    if f.steps_to_target is None:
+        return "—" if f.mean is None else "not reached"
+    n = len(f.replicates)
+    tail = "" if f.target_reached == n else f" ({f.target_reached} of {n} seeds)"
+    return f"{f.steps_to_target:.3g}{tail}"
 
 
 def _assign_groups(rows: list[Finalist]) -> None:

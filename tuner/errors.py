@@ -7,6 +7,7 @@ __all__ = [
     "ConfigError",
     "ObjectiveError",
     "StorageError",
+    "StorageFailure",
     "TunerError",
 ]
 
@@ -48,3 +49,12 @@ class StorageError(TunerError):
     """
 
     transient: bool = False
+
+
+class StorageFailure(StorageError):
+    """The study database refused to work for a cause the user must fix: a full disk, a
+    read-only file, a missing folder, permission denied, too many connections.
+
+    The message is one line naming the cause and the database; ``tuner launch`` stops at the
+    first one a worker meets (:func:`tuner.storage.storage_failure`).
+    """

@@ -29,6 +29,10 @@ class ATTR:
     WORKER = "tuner:worker"  # host/pid: which process ran the trial
     DEVICE = "tuner:device"
     DURATION = "tuner:duration_s"
+    # What a trial cost, measured by its worker (the answer's cost per finalist, tuner.compare)
+    OBJECTIVE_SECONDS = "tuner:objective_s"  # wall time of the objective call alone
+    EPOCHS = "tuner:epochs"  # steps it reported (max_epochs when it reported none)
+    STATE_BYTES = "tuner:state_bytes"  # its optimizer's state tensors at the end, in bytes
     RETRY_OF = "tuner:retry_of"  # the number of the interrupted trial this one reruns
     TOTAL_STEPS = "tuner:total_steps"  # what the objective passed to build_optimizer
     REPLICATE = "tuner:replicate"  # a finalist's re-run after the search (tuner.compare)

@@ -43,10 +43,9 @@ class Progress:
         self.sf = study_file
         self.echo = echo
         self.started = time.monotonic()
-        self.done_at_start, _ = _finished(study, study_file.budget.trials)
+        self.done_at_start, self.replicates = _finished(study, study_file.budget.trials)
         self.done = self.done_at_start
-        self.replicates = 0
-        self.best = _best(study)
+        self.best = _best(study, study_file, self.replicates)
         self._last_line = self.started
         self._last_read = self.started
         self._running: list[tuple[int, int | None, int]] = []
@@ -102,7 +101,7 @@ class Progress:
 
     def _read(self) -> None:
         self.done, self.replicates = _finished(self.study, self.sf.budget.trials)
-        self.best = _best(self.study)
+        self.best = _best(self.study, self.sf, self.replicates)
         self._last_read = time.monotonic()
 
     def _count(self) -> str:
@@ -111,7 +110,7 @@ class Progress:
         return count + (f" replicate {self.replicates}" if self.replicates else "")
 
     def _status(self) -> str:
-        parts = [f"best {self.best}"]
+        parts = [self.best]
         if self._running:
             parts.append("running " + ", ".join(_running(n, s) for n, s, _ in self._running))
         elapsed = time.monotonic() - self.started
@@ -135,7 +134,7 @@ class Progress:
         if self._bar is None:
             return
         self._bar.n = min(self.done, self._bar.total)
-        postfix = [f"best {self.best}"]
+        postfix = [self.best]
         if self._running:
             postfix.append("running " + ", ".join(_running(n, s) for n, s, _ in self._running))
         self._bar.set_postfix_str(" | ".join(postfix), refresh=False)
@@ -172,9 +171,23 @@ def _finished(study: optuna.Study, budget: int) -> tuple[int, int]:
     return done - replicates, replicates
 
 
-def _best(study: optuna.Study) -> str:
+def _best(study: optuna.Study, study_file: StudyFile, replicates: int) -> str:
+    """The best, as the summary tells it (:mod:`tuner.summary`): the best search trial while
+    the search runs (a search value, when replicates will follow), then the answer's
+    recommendation with its replicate mean; never a replicate trial."""
+    from tuner.compare import is_replicate
+
     try:
-        best = study.best_trial
+        best = study.best_trial  # one query; replicates only exist after the search
     except ValueError:
-        return "none yet"
-    return f"{best.value:.6g} (trial {best.number})"
+        return "best none yet"
+    if replicates == 0 and not is_replicate(best):
+        label = "best search value" if study_file.compare.seeds else "best"
+        return f"{label} {best.value:.6g} (trial {best.number})"
+    from tuner.summary import summarize
+
+    summary = summarize(study, compare=study_file.compare)
+    if summary.best_value is None:
+        return "best none yet"
+    label = "best" if summary.best_seeds or not study_file.compare.seeds else "best search value"
+    return f"{label} {summary.best_text()}"

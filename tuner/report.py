@@ -173,8 +173,10 @@ def write_report(
         for name in ("score_vs_lr", "score_by_schedule", "lr_schedule"):
             skipped[name] = reason
     else:
-        # The winner is the answer's (replicated) when there is one, else the best search trial's.
-        best_opt = answer.winner.optimizer if answer.winner else ranking[0].optimizer
+        # The best everywhere (tuner.summary): the answer's recommendation once replicated,
+        # else the best search trial's optimizer; the plots of "the best" show that one.
+        chosen = answer.recommended
+        best_opt = chosen.optimizer if chosen is not None else ranking[0].optimizer
         importances = _importances(complete, best_opt)
         if all(isinstance(v, str) for v in importances.values()):
             skipped["param_importances"] = "; ".join(f"{k}: {v}" for k, v in importances.items())
@@ -198,15 +200,15 @@ def write_report(
             save("score_by_schedule", *plots.plot_score_by_schedule(complete, direction, metric))
         else:
             skipped["score_by_schedule"] = why
-        best = _best_search_trial(complete, direction)
-        if answer.winner is not None:
-            best = next((t for t in complete if t.number == answer.winner.trial), best)
+        # The learning rate of the configuration the Best block shows, and nothing else's.
+        best = next((t for t in complete if t.number == summary.best_number), None)
+        best = best or _best_search_trial(complete, direction)
         curve_or_reason = _best_lr_curve(best)
         if isinstance(curve_or_reason, str):
             skipped["lr_schedule"] = curve_or_reason
         else:
             curve = curve_or_reason
-            save("lr_schedule", _plot_lr(curve, best, metric))
+            save("lr_schedule", _plot_lr(curve, best, metric, summary))
     if answer.replicated:
         save("replicates", plots.plot_replicates(answer))
     elif compare.seeds == 0:
@@ -244,7 +246,11 @@ def best_per_optimizer(study: optuna.Study) -> list[OptimizerResult]:
         >>> [r.optimizer for r in best_per_optimizer(study)]           # doctest: +SKIP
         ['adamw', 'nesterov', 'adagrad']
     """
-    return _rank_optimizers(study.get_trials(deepcopy=False), study.direction.name.lower())
+    from tuner.compare import is_replicate
+
+    # The search's trials: a replicate is never an optimizer's best trial (tuner.summary).
+    trials = [t for t in study.get_trials(deepcopy=False) if not is_replicate(t)]
+    return _rank_optimizers(trials, study.direction.name.lower())
 
 
 def lr_curve(config: Mapping[str, Any], total_steps: int, *, max_points: int = 5000) -> LrCurve:
@@ -753,7 +759,7 @@ def _better_side(direction: str) -> str:
     return "higher is better" if direction == "maximize" else "lower is better"
 
 
-def _plot_lr(curve: LrCurve, best: FrozenTrial, metric: str) -> Figure:
+def _plot_lr(curve: LrCurve, best: FrozenTrial, metric: str, summary: StudySummary) -> Figure:
     config = best.user_attrs.get(_CONFIG) or {}
     schedule = config.get("schedule") or {}
     sched_name = schedule.get("name", "constant") if isinstance(schedule, dict) else schedule
@@ -783,9 +789,16 @@ def _plot_lr(curve: LrCurve, best: FrozenTrial, metric: str) -> Figure:
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    value = "" if best.value is None else f", {metric} {best.value:.4g}"
+    if summary.best_seeds and summary.best_value is not None:
+        what = (
+            f"the recommended configuration (trial {best.number}'s, {metric} "
+            f"{summary.best_value:.4g} over {summary.best_seeds} seeds)"
+        )
+    else:
+        value = "" if best.value is None else f", {metric} {best.value:.4g}"
+        what = f"the best trial ({best.number}{value})"
     ax.set_title(
-        f"Learning rate of the best trial ({best.number}{value})\n"
+        f"Learning rate of {what}\n"
         f"{config.get('optimizer', '?')}, {sched_name} schedule, "
         + (f"{curve.warmup_steps} warmup steps" if curve.warmup_steps else "no warmup"),
         fontsize=10,
@@ -796,11 +809,14 @@ def _plot_lr(curve: LrCurve, best: FrozenTrial, metric: str) -> Figure:
 # --------------------------------------------------------------------------- summary.md
 
 
-def _describe_curve(curve: LrCurve) -> str:
+def _describe_curve(curve: LrCurve, config: Mapping[str, Any]) -> str:
+    from tuner.compare import describe_config
+
     peak = int(np.argmax(curve.lrs))
     warmup = f" (the end of {curve.warmup_steps} warmup steps)" if curve.warmup_steps else ""
     return (
-        f"Its learning rate over {curve.total_steps} optimizer steps: starts at "
+        f"Its learning rate ({config.get('optimizer', '?')}, {describe_config(config)}) over "
+        f"{curve.total_steps} optimizer steps: starts at "
         f"{curve.lrs[0]:.4g}, peaks at {curve.lrs[peak]:.4g} at step {curve.steps[peak]}"
         f"{warmup}, ends at {curve.lrs[-1]:.4g}."
     )
@@ -814,7 +830,7 @@ _PLOT_TITLES = {
     "param_importances": "Hyperparameter importances",
     "parallel_coordinates": "Parallel coordinates of the best optimizer",
     "best_per_optimizer": "Best value per optimizer",
-    "lr_schedule": "Learning-rate schedule of the best trial",
+    "lr_schedule": "Learning-rate schedule of the best configuration",
 }
 
 
@@ -845,16 +861,24 @@ def _summary_markdown(
     if summary.best_value is None:
         lines.append("No complete trial yet: there is no best value or configuration.")
     else:
-        lines.append(f"Best `{metric}`: **{summary.best_value:.6g}** (trial {summary.best_number})")
+        if summary.best_seeds:
+            lines.append(
+                f"Best `{metric}`: **{summary.best_text()}**, the answer's recommendation. "
+                f"The best search value, {summary.search_text()}."
+            )
+        else:
+            lines.append(
+                f"Best `{metric}`: **{summary.best_value:.6g}** (trial {summary.best_number})"
+            )
         if summary.best_config:
             import yaml
 
             doc = yaml.safe_dump(summary.best_config, sort_keys=False, default_flow_style=None)
             lines += ["", "```yaml", doc.rstrip(), "```"]
         if curve is not None:
-            lines += ["", _describe_curve(curve)]
+            lines += ["", _describe_curve(curve, summary.best_config or {})]
     if ranking:
-        lines += ["", "## Best per optimizer", ""]
+        lines += ["", "## Best per optimizer in the search", ""]
         cols = ("complete", *_OTHER_OUTCOMES)
         lines.append(f"| rank | optimizer | best {metric} | trial | " + " | ".join(cols) + " |")
         lines.append("|---:|---|---:|---:|" + "---:|" * len(cols))

@@ -30,8 +30,9 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.compare import REPLICATE_ATTR
+from tuner.errors import StorageFailure
 from tuner.keys import ATTR, OUTCOMES, Outcome
-from tuner.storage import budget_lock, redact_url
+from tuner.storage import budget_lock, redact_url, storage_errors
 from tuner.trial import Trial, TrialDiverged
 from tuner.trialdb import (
     TrialHeartbeat,
@@ -54,6 +55,7 @@ __all__ = [
     "Outcome",
     "TrialResult",
     "Worker",
+    "optimizer_state_bytes",
     "trial_seed",
 ]
 
@@ -121,6 +123,8 @@ class Worker:
     _typical: float | None = field(default=None, repr=False)
     _trial_started: float | None = field(default=None, repr=False)
     _cut_short: _CutShort | None = field(default=None, repr=False)
+    _objective_s: float | None = field(default=None, repr=False)
+    _steps: set[int] = field(default_factory=set, repr=False)
 
     def run(self) -> str:
         """Run trials until the budget, the timeout or the failure limit ends the study.
@@ -129,7 +133,7 @@ class Worker:
         Ctrl-C or SIGTERM raise KeyboardInterrupt once the running trial is recorded as
         interrupted (and queued to run again).
         """
-        with self._signals(), self._watchdog():
+        with self._signals(), self._watchdog(), self._storage_failures():
             self._space = self._prepare_search()
             while not self.stop.is_set():
                 if self._interrupted:
@@ -149,6 +153,19 @@ class Worker:
                     # Only the deadline's grace ends a trial this way without raising.
                     return "timeout"
             return "stopped"
+
+    @contextlib.contextmanager
+    def _storage_failures(self) -> Iterator[None]:
+        """A database failure the user must fix (a full disk, a read-only file...) ends this
+        worker with one line naming the cause (:func:`tuner.storage.storage_failure`), and
+        tells the supervisor, which stops the study rather than start workers that would fail
+        the same way."""
+        try:
+            with storage_errors(self.study_file.storage):
+                yield
+        except StorageFailure as exc:
+            self._emit("storage_failure", message=str(exc))
+            raise
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -434,6 +451,13 @@ class Worker:
             seed = int(replicate["seed"])
         _seed_everything(seed)
         number = ot.number
+        steps = self._steps = set()
+        self._objective_s = None
+
+        def on_report(step: int, value: float) -> None:
+            steps.add(step)  # epochs for the cost per epoch (tuner.compare)
+            self._emit("step", number=number, step=step)
+
         return Trial(
             optuna=ot,
             config=config,
@@ -446,7 +470,7 @@ class Worker:
             recorder=recorder,
             typical_value=self._typical_value(),
             prune=replicate is None,  # a replicate runs to the end, whatever the pruner says
-            on_report=lambda step, value: self._emit("step", number=number, step=step),
+            on_report=on_report,
         )
 
     def _call_objective(self, trial: Trial) -> _Ending:
@@ -474,6 +498,7 @@ class Worker:
             return _failure(exc)
         finally:
             self._in_objective = False
+            self._objective_s = time.monotonic() - self._trial_started
             self._trial_started = None
         try:
             value = _as_value(returned)
@@ -515,6 +540,8 @@ class Worker:
             attrs[ATTR.REASON] = ending.reason[:2000]
         if ending.traceback:
             attrs[ATTR.TRACEBACK] = ending.traceback[-8000:]
+        if trial is not None and self._objective_s is not None:
+            attrs.update(_cost(trial, self._objective_s, self._steps))
         try:
             set_user_attrs(ot, attrs)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -615,6 +642,40 @@ def _run_name(number: int, outcome: str, replicate: Mapping[str, Any] | None) ->
     if replicate is not None:
         name += f" replicate of {replicate['of']}, seed {int(replicate['index']) + 1}"
     return name if outcome == "complete" else f"{name} ({outcome})"
+
+
+def _cost(trial: Trial, seconds: float, steps: set[int]) -> dict[str, Any]:
+    """What the trial cost: the objective's wall time, its epochs (the steps it reported, or
+    ``max_epochs``) and the bytes of its optimizer's state; the answer's cost per finalist
+    (:mod:`tuner.compare`) reads them back from the study database."""
+    attrs: dict[str, Any] = {
+        ATTR.OBJECTIVE_SECONDS: round(seconds, 4),
+        ATTR.EPOCHS: len(steps) or int(trial.max_epochs),
+    }
+    optimizer = trial._optimizer
+    if optimizer is not None:
+        attrs[ATTR.STATE_BYTES] = optimizer_state_bytes(optimizer)
+    return attrs
+
+
+def optimizer_state_bytes(optimizer: Any) -> int:
+    """The bytes of ``optimizer``'s state tensors (momentum buffers, moments, step counts).
+
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.zeros(10))
+    >>> opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    >>> p.grad = torch.ones(10); opt.step()
+    >>> optimizer_state_bytes(opt)  # one float32 momentum buffer of 10 values
+    40
+    """
+    import torch
+
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                total += value.nelement() * value.element_size()
+    return total
 
 
 def _as_value(returned: Any) -> float:

@@ -1,6 +1,6 @@
 """The study database: Optuna RDB storage on SQLite or PostgreSQL, secrets kept out of sight.
 
-The storage database is the only coordinator between workers (DESIGN §7). This module opens it
+The storage database is the only coordinator of workers (docs/distribution.md). This module opens it
 with settings that suit many processes on many machines, turns connection failures into a
 :class:`~tuner.errors.StorageError` that never shows a password, retries transient errors (a
 PostgreSQL restart, a dropped connection, a busy SQLite file) and offers :func:`budget_lock`, a
@@ -10,6 +10,7 @@ mutual-exclusion section per study across processes and machines.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import inspect
@@ -30,7 +31,7 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import StorageError
+from tuner.errors import StorageError, StorageFailure
 from tuner.redact import redact as redact_url  # re-exported: callers import it from here
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "redact_url",
     "retry",
     "stale_check_lock",
+    "storage_errors",
+    "storage_failure",
     "warn_if_sqlite_shared",
 ]
 
@@ -219,7 +222,8 @@ class RetryingRDBStorage(RDBStorage):
             finally:
                 local.depth -= 1
 
-        return retry(call, attempts=self.retry_attempts, delay=self.retry_delay)
+        with storage_errors(str(self.url)):
+            return retry(call, attempts=self.retry_attempts, delay=self.retry_delay)
 
     def create_new_study(self, *args: Any, **kwargs: Any) -> int:
         return self._retry(RDBStorage.create_new_study, *args, **kwargs)
@@ -322,8 +326,156 @@ class RetryingRDBStorage(RDBStorage):
     def record_heartbeat(self, *args: Any, **kwargs: Any) -> None:
         return self._retry(RDBStorage.record_heartbeat, *args, **kwargs)
 
-    def _get_stale_trial_ids(self, *args: Any, **kwargs: Any) -> list[int]:
-        return self._retry(RDBStorage._get_stale_trial_ids, *args, **kwargs)
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        def stale(storage: RDBStorage) -> list[int]:
+            ids = RDBStorage._get_stale_trial_ids(storage, study_id)
+            return ids + [i for i in _orphaned_trial_ids(storage, study_id) if i not in ids]
+
+        return self._retry(stale)
+
+
+def _orphaned_trial_ids(storage: RDBStorage, study_id: int) -> list[int]:
+    """RUNNING trials that never recorded a heartbeat and started over ``grace_period`` ago.
+
+    A worker records the first heartbeat right after it creates a trial; one that could not
+    (its database write failed: a full disk) and then died leaves a trial that Optuna's stale
+    check never sees, and that would stay RUNNING forever, holding a slot of the budget.
+    """
+    from datetime import datetime, timedelta
+
+    from optuna.storages._rdb import models
+
+    assert storage.heartbeat_interval is not None
+    grace = storage.grace_period or 2 * storage.heartbeat_interval
+    trials = models.TrialModel.__table__
+    beats = models.TrialHeartbeatModel.__table__
+    query = sqlalchemy.select(trials.c.trial_id, trials.c.datetime_start).where(
+        trials.c.study_id == study_id,
+        trials.c.state == TrialState.RUNNING,
+        ~sqlalchemy.exists().where(beats.c.trial_id == trials.c.trial_id),
+    )
+    with storage.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    # datetime_start is the creating worker's clock (Optuna's datetime.now()).
+    cutoff = datetime.now() - timedelta(seconds=grace)
+    return [trial_id for trial_id, started in rows if started is not None and started < cutoff]
+
+
+# --- what went wrong, in one line --------------------------------------------------------------
+
+
+def storage_failure(exc: BaseException, url: str) -> StorageFailure | None:
+    """A database error that the user must fix, as a one-line :class:`StorageFailure` naming
+    the cause and the database; None for any other error.
+
+    Optuna reports every failed commit as "An exception is raised during the commit. This
+    typically happens due to invalid data in the commit, e.g. exceeding max length."
+    (``StorageInternalError``, raised from the SQLAlchemy error by its ``_create_scoped_session``).
+    The cause is the driver's error under it (SQLAlchemy's ``orig``): this is the one place
+    that reads it. Recognised: a full disk, a read-only file or file system, a missing
+    folder, permission denied, and PostgreSQL's "too many connections".
+
+    >>> import sqlite3, sqlalchemy.exc
+    >>> orig = sqlite3.OperationalError("database or disk is full")
+    >>> str(storage_failure(sqlalchemy.exc.OperationalError("COMMIT", {}, orig),
+    ...                     "sqlite:////data/tuner.db"))
+    'the disk holding /data/tuner.db is full (SQLite: database or disk is full)'
+    """
+    dialect = dialect_of(url)
+    path = _sqlite_path(normalize_url(url)) if dialect == "sqlite" else None
+    for error in _exception_chain(exc):
+        if isinstance(error, StorageFailure):
+            return error
+        if isinstance(error, StorageError):
+            return None  # already says what happened
+        driver = error
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.orig is not None:
+            driver = error.orig
+        if isinstance(driver, sqlite3.Error):
+            message = _sqlite_failure(str(driver), path)
+        elif isinstance(driver, OSError) and path and str(driver.filename).startswith(path):
+            message = _file_failure(driver, path)  # tuner's lock file beside the database
+        elif dialect == "postgresql" and _is_psycopg_error(driver):
+            message = _postgres_failure(driver, url)
+        else:
+            continue
+        if message is not None:
+            return StorageFailure(_scrub(message, url))
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn the database errors of :func:`storage_failure` inside the block into its one-line
+    :class:`StorageFailure`; every other error passes unchanged."""
+    try:
+        yield
+    except StorageFailure:
+        raise
+    except Exception as exc:
+        error = storage_failure(exc, url)
+        if error is None:
+            raise
+        raise error from None  # the driver's text is in the message; no traceback for it
+
+
+def _file_failure(error: OSError, path: str) -> str | None:
+    cause = f"({error.strerror}: {error.filename})"
+    if error.errno == errno.ENOSPC:
+        return f"the disk holding {path} is full {cause}"
+    if error.errno == errno.EROFS:
+        return f"the database {path} is on a read-only file system {cause}"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: this user cannot write beside the database {path} {cause}"
+    if error.errno == errno.ENOENT:
+        return f"the folder of the database {path} does not exist {cause}"
+    return None
+
+
+def _sqlite_failure(text: str, path: str | None) -> str | None:
+    where = path or "the in-memory database"
+    lowered = text.lower()
+    cause = f"(SQLite: {text})"
+    if "disk is full" in lowered:
+        return f"the disk holding {where} is full {cause}"
+    if "readonly" in lowered or "read-only" in lowered:
+        if path is not None and os.path.exists(path) and not os.access(path, os.W_OK):
+            return f"the database file {path} is read-only {cause}"
+        folder = os.path.dirname(path) if path else where
+        return (
+            f"the database {where} cannot be written: it or its folder {folder} is read-only "
+            f"{cause}"
+        )
+    if "unable to open database file" in lowered and path is not None:
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            return f"the folder of the database {path} does not exist: {folder} {cause}"
+        return f"permission denied: the database {path} or its folder cannot be opened {cause}"
+    if "disk i/o error" in lowered:
+        return f"a disk I/O error on {where} {cause}"
+    return None
+
+
+def _is_psycopg_error(error: BaseException) -> bool:
+    return type(error).__module__.startswith(("psycopg", "psycopg2"))
+
+
+def _postgres_failure(error: BaseException, url: str) -> str | None:
+    state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None) or ""
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = text.rpartition("FATAL:")[2].strip()  # libpq's "connection ... failed: FATAL: why"
+    lowered = text.lower()
+    where = f"PostgreSQL at {redact_url(url)}"
+    cause = f"(PostgreSQL: {text})"
+    if state == "53300" or "too many clients" in lowered or "too many connections" in lowered:
+        return f"{where} has too many connections {cause}"
+    if state in ("53100", "53000") or "no space left" in lowered or "could not extend" in lowered:
+        return f"the disk of {where} is full {cause}"
+    if state == "25006" or "read-only transaction" in lowered:
+        return f"{where} is read-only {cause}"
+    if state == "42501" or "permission denied" in lowered:
+        return f"permission denied in {where} {cause}"
+    return None
 
 
 # --- opening a storage -----------------------------------------------------------------------
@@ -461,11 +613,16 @@ def open_storage(
                     _use_wal(storage)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         reason = _reason(exc, url)
-        error = StorageError(
+        # A cause the user must fix (a full disk, a missing folder...) is said as it is.
+        error = storage_failure(exc, url) or StorageError(
             f"cannot open the study storage {redact_url(url)} ({dialect}): {reason}",
             hint=_hint(exc, dialect, reason, url),
         )
         error.transient = is_transient_error(exc)
+    except OSError as exc:  # tuner's lock file beside an SQLite database
+        error = storage_failure(exc, url)
+        if error is None:
+            raise
     except ImportError as exc:
         error = StorageError(
             f"cannot open the study storage {redact_url(url)} ({dialect}): "

@@ -1,4 +1,11 @@
-"""What a study has found so far: counts by outcome, the best trial, the best per optimizer."""
+"""What a study has found so far: counts by outcome, the best, the best per optimizer.
+
+*The best* is one notion everywhere (this summary, ``tuner status``, the progress line, the
+report, ``tuner best``, the MLflow parent run): once replicates have given an answer
+(docs/answer.md), the answer's recommended optimizer with its replicate mean; before that, or with
+replicates off, the best search trial. The best search trial's value is labelled as a search
+value (one run, the best of many, so biased upward), and a replicate is never the best trial.
+"""
 
 from __future__ import annotations
 
@@ -45,16 +52,47 @@ class StudySummary:
     metric: str
     budget: int | None
     counts: dict[str, int]
+    # The best (see the module docstring): the answer's recommendation once replicated,
+    # else the best search trial; best_number is the search trial whose configuration it is.
     best_value: float | None = None
     best_number: int | None = None
     best_config: dict[str, Any] | None = None
+    best_ci95: tuple[float, float] | None = None
+    best_seeds: int = 0  # replicates behind best_value; 0: it is a search value
+    # The best search trial, never a replicate.
+    search_best_value: float | None = None
+    search_best_number: int | None = None
+    search_best_optimizer: str | None = None
     per_optimizer: list[BestOf] = field(default_factory=list)
     running: list[FrozenTrial] = field(default_factory=list)
     stop_reason: str | None = None
     search_notes: list[str] = field(default_factory=list)
     range_test_epochs: float | None = None
-    answer: Answer | None = None  # DESIGN §8; replicates are not in the counts above
+    answer: Answer | None = None  # docs/answer.md; replicates are not in the counts above
     mlflow_view: str | None = None  # how to open the study's runs in the MLflow UI
+
+    def best_text(self) -> str:
+        """``0.9837 ± 0.004 (adamw, mean of 3 seeds of trial 4's configuration)``, or for a
+        search value ``0.988889 (trial 1)``."""
+        assert self.best_value is not None
+        if not self.best_seeds:
+            if self.answer is not None and self.answer.seeds > 0:
+                # Replicates will give the answer; until then this is one search run.
+                return f"{self.best_value:.6g} (trial {self.best_number}, a search value)"
+            return f"{self.best_value:.6g} (trial {self.best_number})"
+        text = f"{self.best_value:.6g}"
+        if self.best_ci95 is not None:
+            text += f" ± {(self.best_ci95[1] - self.best_ci95[0]) / 2:.2g}"
+        optimizer = (self.best_config or {}).get("optimizer", "?")
+        seeds = f"{self.best_seeds} seed{'s' if self.best_seeds != 1 else ''}"
+        return f"{text} ({optimizer}, mean of {seeds} of trial {self.best_number}'s configuration)"
+
+    def search_text(self) -> str:
+        """The best search trial, labelled as a search value: one run, the best of many."""
+        return (
+            f"{self.search_best_value:.6g} (trial {self.search_best_number}, "
+            f"{self.search_best_optimizer}; one search run, biased upward)"
+        )
 
     @property
     def finished(self) -> int:
@@ -78,20 +116,32 @@ class StudySummary:
                 f"({answer.seeds} seeds x {len(answer.finalists)} finalists, not in the "
                 f"budget), {format_duration(answer.replicate_seconds)} of training"
             )
-            lines.append(f"    {'finalist':<12}{'mean':>10}{'95% interval':>24}{'tier':>6}")
+            from tuner.compare import format_bytes
+
+            lines.append(
+                f"    {'finalist':<12}{'mean':>10}{'95% interval':>24}{'tier':>6}"
+                f"{'s/epoch':>10}{'opt. state':>12}"
+            )
+            recommended = answer.recommended if answer.replicated else None
             for f in answer.finalists:
                 mean = "—" if f.mean is None else f"{f.mean:.4g}"
                 ci = "—" if f.ci95 is None else f"[{f.ci95[0]:.4g}, {f.ci95[1]:.4g}]"
-                lines.append(f"    {f.optimizer:<12}{mean:>10}{ci:>24}{f.group:>6}")
+                spe = "—" if f.seconds_per_epoch is None else f"{f.seconds_per_epoch:.3g}"
+                mark = "  recommended" if f is recommended else ""
+                lines.append(
+                    f"    {f.optimizer:<12}{mean:>10}{ci:>24}{f.group:>6}{spe:>10}"
+                    f"{format_bytes(f.state_bytes):>12}{mark}"
+                )
         if self.best_value is None:
             lines.append("  best              no complete trial yet")
         else:
-            best = f"{self.best_value:.6g} (trial {self.best_number})"
-            lines.append(f"  best {self.metric:<12} {best}")
+            lines.append(f"  best {self.metric:<12} {self.best_text()}")
             for key, value in (self.best_config or {}).items():
                 lines.append(f"    {key:<15} {_fmt(value)}")
+            if self.best_seeds:
+                lines.append(f"  best search value {self.search_text()}")
         if self.per_optimizer:
-            lines.append("  best per optimizer")
+            lines.append("  best per optimizer (search values)")
             lines.append(f"    {'optimizer':<12}{'best':>12}{'trial':>8}{'complete':>10}")
             for row in self.per_optimizer:
                 lines.append(
@@ -145,10 +195,22 @@ def summarize(
     if not complete:
         return summary
     better = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-    best = better(complete, key=lambda t: t.value)
+    sign = -1.0 if better is max else 1.0
+    # Ties go to the earlier trial, as the answer's finalists do.
+    best = min(complete, key=lambda t: (sign * float(t.value), t.number))
+    summary.search_best_value = best.value
+    summary.search_best_number = best.number
+    summary.search_best_optimizer = (best.user_attrs.get(ATTR.CONFIG) or {}).get("optimizer")
     summary.best_value = best.value
     summary.best_number = best.number
     summary.best_config = best.user_attrs.get(ATTR.CONFIG)
+    recommended = summary.answer.recommended if summary.answer is not None else None
+    if recommended is not None and recommended.mean is not None:
+        summary.best_value = recommended.mean
+        summary.best_number = recommended.trial
+        summary.best_config = dict(recommended.config)
+        summary.best_ci95 = recommended.ci95
+        summary.best_seeds = len(recommended.replicates)
     by_opt: dict[str, list[FrozenTrial]] = {}
     for t in complete:
         name = (t.user_attrs.get(ATTR.CONFIG) or {}).get("optimizer", "?")

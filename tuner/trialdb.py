@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.keys import ATTR, Outcome
-from tuner.storage import DEFAULT_ATTEMPTS, retry, stale_check_lock
+from tuner.storage import DEFAULT_ATTEMPTS, retry, stale_check_lock, storage_errors
 
 __all__ = [
     "OUTCOME_ATTR",
@@ -122,7 +122,8 @@ def set_user_attrs(ot: optuna.Trial, attrs: Mapping[str, Any], *, heartbeat: boo
                     )
                 )
 
-    retry(write, attempts=getattr(storage, "retry_attempts", DEFAULT_ATTEMPTS))
+    with storage_errors(str(storage.url)):  # a full disk says so, not Optuna's boilerplate
+        retry(write, attempts=getattr(storage, "retry_attempts", DEFAULT_ATTEMPTS))
     # Trial.user_attrs reads Optuna's per-trial cache, which set_user_attr keeps current.
     cached = getattr(ot, "_cached_frozen_trial", None)
     if cached is not None:

@@ -34,7 +34,7 @@ __all__ = [
 #: The Optuna study user attr that keeps the parent run id across processes and resumes.
 PARENT_RUN_ATTR = ATTR.PARENT_RUN
 
-#: Run status per trial outcome (DESIGN §6): a pruned trial is a normal end, a diverged one is not.
+#: Run status per trial outcome (docs/mlflow.md): a pruned trial ends normally, a diverged one not.
 OUTCOME_STATUS: dict[str, str] = {
     Outcome.COMPLETE.value: "FINISHED",
     Outcome.PRUNED.value: "FINISHED",
@@ -105,9 +105,14 @@ def study_results(
 ) -> tuple[dict[str, float], dict[str, str], dict[str, str | bytes]]:
     """The parent run's ``(metrics, tags, artifacts)`` for a :class:`~tuner.summary.StudySummary`.
 
-    Counts by outcome (``trials_complete``...), ``trials_finished``, ``best_value`` and
-    ``best_trial``; the best configuration as ``best_config.yaml``; and, once replicates gave
-    an answer (DESIGN §8), ``answer.json`` with the answer as the run's description and tags.
+    Counts by outcome (``trials_complete``...), ``trials_finished``, the search's best as
+    ``search_best_value`` and ``search_best_trial`` (also under their names before the answer
+    led, ``best_value`` and ``best_trial``, so that dashboards and older runs still compare);
+    once replicates gave an answer, the recommended optimizer's ``answer_mean``,
+    ``answer_ci95_low``, ``answer_ci95_high``, ``answer_seconds_per_epoch`` and
+    ``answer_state_bytes``; the best configuration (the recommended one) as
+    ``best_config.yaml``; and, once replicates gave
+    an answer (docs/answer.md), ``answer.json`` with the answer as the run's description and tags.
     Launch, worker and ``tuner sync`` all log the study's results through this one function.
     """
     import yaml
@@ -116,12 +121,24 @@ def study_results(
     metrics["trials_finished"] = float(summary.finished)
     tags: dict[str, str] = {}
     artifacts: dict[str, str | bytes] = {}
-    if summary.best_value is not None:
-        metrics["best_value"] = float(summary.best_value)
-        metrics["best_trial"] = float(summary.best_number or 0)
+    if summary.search_best_value is not None:
+        for prefix in ("search_", ""):
+            metrics[f"{prefix}best_value"] = float(summary.search_best_value)
+            metrics[f"{prefix}best_trial"] = float(summary.search_best_number or 0)
+    answer = getattr(summary, "answer", None)
+    recommended = answer.recommended if answer is not None else None
+    if recommended is not None and recommended.mean is not None:
+        # The runs table sorts and compares studies by what they concluded.
+        metrics["answer_mean"] = float(recommended.mean)
+        if recommended.ci95 is not None:
+            metrics["answer_ci95_low"] = float(recommended.ci95[0])
+            metrics["answer_ci95_high"] = float(recommended.ci95[1])
+        if recommended.seconds_per_epoch is not None:
+            metrics["answer_seconds_per_epoch"] = float(recommended.seconds_per_epoch)
+        if recommended.state_bytes is not None:
+            metrics["answer_state_bytes"] = float(recommended.state_bytes)
     if summary.best_config is not None:
         artifacts["best_config.yaml"] = yaml.safe_dump(summary.best_config, sort_keys=False)
-    answer = getattr(summary, "answer", None)
     if answer is not None and answer.finalists:
         from tuner.compare import describe_answer
 
@@ -130,6 +147,8 @@ def study_results(
         tags["mlflow.note.content"] = describe_answer(answer)
         tags["tuner.answer"] = answer.sentence()
         tags["tuner.winner"] = answer.finalists[0].optimizer
+        if recommended is not None:
+            tags["tuner.recommended"] = recommended.optimizer
     # What the pre-search phase found (tuner.search): the range test and the portfolio.
     if getattr(summary, "range_test_epochs", None) is not None:
         metrics["lr_range_test_epochs"] = float(summary.range_test_epochs)

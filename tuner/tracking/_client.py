@@ -1,4 +1,4 @@
-"""Synchronous helpers on ``MlflowClient``, run ids passed explicitly (DESIGN §6).
+"""Synchronous helpers on ``MlflowClient``, run ids passed explicitly (docs/mlflow.md).
 
 Shared by the background tracker (:mod:`tuner.tracking._mlflow`, which calls them from its
 flusher thread) and ``tuner sync`` (:mod:`tuner.tracking._sync`, which calls them directly). The

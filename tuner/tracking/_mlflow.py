@@ -1,6 +1,6 @@
 """The MLflow tracker: a study's parent run and a child run per trial, logged off the hot path.
 
-Layout (DESIGN §6): one experiment per study, one parent run per study (its id kept in the
+Layout (docs/mlflow.md): one experiment per study, one parent run per study (its id kept in the
 Optuna study's user attrs by the runner), one child run ``trial-<number>`` per trial.
 
 The design is one background daemon thread per tracker, in the trial's own process: the

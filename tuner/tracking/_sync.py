@@ -333,6 +333,11 @@ def _expected(trial: FrozenTrial, metric: str, retried: frozenset[int] = frozens
     for attr, tag in ((_HOST_ATTR, "tuner.worker_host"), (_DEVICE_ATTR, "tuner.device")):
         if attr in trial.user_attrs:
             tags[tag] = safe_text(trial.user_attrs[attr])
+    replicate = trial.user_attrs.get(ATTR.REPLICATE)
+    if isinstance(replicate, Mapping):  # as the live path tags it (tuner.runner)
+        for key, tag in (("of", "replicate_of"), ("seed", "seed"), ("index", "seed_index")):
+            if key in replicate:
+                tags[f"tuner.{tag}"] = str(replicate[key])
     points = {int(step): float(value) for step, value in trial.intermediate_values.items()}
     reported = frozenset(points)
     if trial.value is not None:
