@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna
 
 from benchmarks._study import write_study
-from tuner.launch import open_session
 from tuner.runner import Worker
+from tuner.session import open_session
 from tuner.studyfile import load_study_file
 
 TARGET = 1.15
@@ -121,7 +121,8 @@ def run_round(workdir: Path, trials: int, *, raw_wal: bool = False) -> Lockstep:
     )
     study_file = load_study_file(write_study_file(workdir, trials))
     objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
-    study, tracker = open_session(study_file)
+    session = open_session(study_file)
+    study, tracker = session.study, session.tracker
     steps = Lockstep(raw_study)
     worker = Worker(
         study_file, study, objective, tracker, device="cpu", on_trial_end=steps.after_tuner_trial

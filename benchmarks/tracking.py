@@ -138,7 +138,7 @@ class TunerArm:
             "params": {"batch_size": 64} if digits else {"reports": reports},
             "mlflow": {"tracking_uri": tracking_uri, "experiment": f"bench-{name}"},
             "workers": {"devices": ["cpu"]},
-            # Nor the finalists' replicates (DESIGN §8): arm (d) has none.
+            # Nor the finalists' replicates (docs/answer.md): arm (d) has none.
             "compare": {"seeds": 0},
         }
         self.path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -87,7 +87,7 @@ def make_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
             "sampler": {"name": "random", "seed": 0},
             "pruner": {"name": "none"},
             "search": SMALL_SEARCH,
-            # Replicates (DESIGN §8) only where a test asks for them: tests/test_compare.py.
+            # Replicates (docs/answer.md) only where a test asks for them: tests/test_compare.py.
             "compare": {"seeds": 0},
             "mlflow": {"tracking_uri": "off"},
         }

@@ -1,4 +1,4 @@
-"""The exported configuration: DESIGN §5 document, YAML/JSON round trip, build, rendered code."""
+"""The exported configuration (docs/answer.md): YAML/JSON round trip, build, rendered code."""
 
 from __future__ import annotations
 

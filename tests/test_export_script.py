@@ -1,4 +1,4 @@
-"""`tuner best --format python`: a complete script that runs with torch alone (DESIGN §8).
+"""`tuner best --format python`: a complete script that runs with torch alone (docs/answer.md).
 
 Every optimizer and every schedule of the catalog is rendered, run in a separate Python where
 `import tuner` fails, and checked against `build_optimizer`: the same learning rates and the

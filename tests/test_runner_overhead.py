@@ -19,9 +19,9 @@ import yaml
 from optuna.trial import TrialState
 
 import tuner.space
-from tuner.launch import open_session
 from tuner.objective import load_objective
 from tuner.runner import ATTR, Worker
+from tuner.session import open_session
 from tuner.studyfile import load_study_file
 from tuner.trialdb import budget_counts, set_user_attrs
 
@@ -31,7 +31,8 @@ NOOP = "def objective(trial):\n    return 0.0\n"
 def run_worker(path: Path) -> tuple[optuna.Study, str]:
     study_file = load_study_file(path)
     objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
-    study, tracker = open_session(study_file)
+    session = open_session(study_file)
+    study, tracker = session.study, session.tracker
     try:
         return study, Worker(study_file, study, objective, tracker).run()
     finally:
@@ -82,7 +83,8 @@ def test_bookkeeping_costs_two_write_transactions_per_trial(make_study, monkeypa
     monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", spy)
     study_file = load_study_file(path)
     objective = load_objective(study_file.objective, base_dir=study_file.path.parent)
-    study, tracker = open_session(study_file)
+    session = open_session(study_file)
+    study, tracker = session.study, session.tracker
     writes = count_write_transactions(created[0])
     assert Worker(study_file, study, objective, tracker).run() == "budget"
     tracker.close(timeout=10.0)

@@ -46,7 +46,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def finished(states: dict[TrialState, list[optuna.trial.FrozenTrial]]) -> int:
-    """Trials that count toward the budget (DESIGN §2): complete, pruned and diverged (stored
+    """Trials that count toward the budget (docs/study-file.md): complete, pruned, diverged (stored
     as pruned). A worker started by hand derives its sampler seed from its host and pid, so a run
     may hit a diverging learning rate; the budget must hold either way."""
     return sum(len(states.get(state, [])) for state in FINISHED)

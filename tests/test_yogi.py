@@ -54,7 +54,7 @@ def groups(params: list[torch.Tensor]) -> list[dict]:
 
 
 def transcribed_yogi(params, group_of, steps, *, eps=1e-3, v0=1e-6):
-    """DESIGN §3, line by line, one parameter at a time; returns params and sign statistics."""
+    """The update of docs/catalog.md line by line, one parameter at a time; params and signs."""
     p = [q.detach().clone() for q in params]
     m = [torch.zeros_like(q) for q in p]
     v = [torch.full_like(q, v0) for q in p]
@@ -95,7 +95,7 @@ def test_matches_the_transcribed_update_rule_for_120_steps(foreach: bool) -> Non
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_matches_pytorch_optimizer_yogi(foreach: bool) -> None:
-    # pytorch_optimizer's Yogi differs from DESIGN §3 in two defaults, set to ours here:
+    # pytorch_optimizer's Yogi differs from docs/catalog.md in two defaults, set to ours here:
     # weight_decouple=True (AdamW-style) -> False for coupled L2 decay, and it starts
     # m0 = initial_accumulator where we start m0 = 0. It builds state only for parameters whose
     # state is empty, so seeding m0 = 0, v0 = 1e-6 beforehand gives the same semantics exactly.

@@ -1,4 +1,4 @@
-"""The exported configuration (DESIGN §5): a winning optimizer + schedule, replayable anywhere.
+"""The exported configuration (docs/answer.md): a winning optimizer + schedule, replayable anywhere.
 
 An :class:`OptimizerConfig` is what a trial samples and what ``tuner best`` writes. Its
 :meth:`~OptimizerConfig.to_dict` is the flat document users keep next to their training code::
@@ -75,7 +75,7 @@ class OptimizerConfig:
     warmup: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The flat document of DESIGN §5 (plain YAML/JSON data: tuples become lists)."""
+        """The flat document of docs/answer.md (plain YAML/JSON data: tuples become lists)."""
         doc: dict[str, Any] = {"optimizer": self.optimizer}
         for key in _document_order(self.optimizer, self.kwargs):
             value = self.kwargs[key]
@@ -112,7 +112,7 @@ class OptimizerConfig:
         )
 
     def to_yaml(self) -> str:
-        """The document as YAML, in DESIGN §5's layout (flow style for betas and schedule)."""
+        """The document as YAML, laid out as in docs/answer.md (flow style: betas, schedule)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def to_json(self) -> str:

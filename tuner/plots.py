@@ -4,7 +4,7 @@
   coloured by schedule: where each optimizer's good lr lies and how wide that region is.
 - ``score_by_schedule``: the metric by schedule, and against the warmup length.
 - ``replicates``: each finalist's replicate runs, their mean and 95% interval, and its search
-  value (DESIGN §8).
+  value (docs/answer.md).
 
 A value axis spans the bulk of the values, not their extremes: one collapsed or diverged trial
 (accuracy 0.08 among scores of 0.97) would otherwise squash every other point onto one line.

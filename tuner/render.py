@@ -107,7 +107,7 @@ _BODIES: dict[str, _Body] = {
 }
 
 
-# Yogi as tuner trains it (DESIGN §3, the single-tensor path of tuner.optim.Yogi), compact
+# Yogi as tuner trains it (docs/catalog.md, the single-tensor path of tuner.optim.Yogi), compact
 # enough to paste: the same operations in the same order, so the updates agree to the bit.
 _YOGI_CLASS = '''\
 class Yogi(torch.optim.Optimizer):

@@ -495,7 +495,7 @@ _SPECS = (
 )
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in _SPECS}
-"""Every optimizer a study can choose, by name, in catalog order (DESIGN §3)."""
+"""Every optimizer a study can choose, by name, in catalog order (docs/catalog.md)."""
 
 
 def get_optimizer(name: str) -> OptimizerSpec:

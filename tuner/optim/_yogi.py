@@ -5,7 +5,7 @@ keeps the state; the functional :func:`yogi` dispatches to a single-tensor, a ``
 (multi-tensor) or a ``fused`` implementation (one Triton kernel per step, in ``_yogi_fused.py``),
 all with one signature.
 
-The update, with Adam-style bias correction as the common ports do (DESIGN §3)::
+The update, with Adam-style bias correction as the common ports do (docs/catalog.md)::
 
     g = grad + weight_decay * p                      # coupled, like torch.optim.Adam
     m = beta1 * m + (1 - beta1) * g                  # m0 = 0
@@ -448,7 +448,7 @@ def _multi_tensor_yogi_update(
     eps_hats: float | list[float],
     scratch: list[Tensor] | None = None,
 ) -> None:
-    """The elementwise update of DESIGN §3 on lists of tensors, given the step constants.
+    """The elementwise update in docs/catalog.md on lists of tensors, given the step constants.
 
     ``scratch``, tensors shaped like ``params`` whose values are overwritten, holds the
     temporaries in place; without it they are allocated. Both ways compute the same values.

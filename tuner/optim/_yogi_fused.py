@@ -105,7 +105,7 @@ def _yogi_kernel(
     ROW: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """One block of one tensor: the update of DESIGN §3, in the order ``_single_tensor_yogi``
+    """One block of one tensor: the update in docs/catalog.md, in the order ``_single_tensor_yogi``
     computes it, so that both give the same float32 values up to rounding."""
     block = tl.program_id(0)
     tensor = tl.load(owners + block)
