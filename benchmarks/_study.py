@@ -15,7 +15,14 @@ SEARCH = {
 
 
 def write_study(
-    workdir: Path, *, name: str, storage: str, trials: int, objective: str, sampler: str = "tpe"
+    workdir: Path,
+    *,
+    name: str,
+    storage: str,
+    trials: int,
+    objective: str,
+    sampler: str = "tpe",
+    search: dict | None = None,
 ) -> Path:
     """Write ``obj.py`` (``objective``, the module's source) and ``study.yaml``; return its path.
 
@@ -31,7 +38,7 @@ def write_study(
         "storage": storage,
         "sampler": {"name": sampler, "seed": 0},
         "pruner": {"name": "none"},
-        "search": SEARCH,
+        "search": {**SEARCH, **(search or {})},
         "mlflow": {"tracking_uri": "off"},
         "workers": {"devices": ["cpu"]},
     }
