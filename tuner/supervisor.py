@@ -177,6 +177,9 @@ class Supervisor:
                 self._kill_everything()
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+                # Closed: a later read or write (close() waiting on Ray actors, a late signal)
+                # must not reach whatever file reuses the numbers.
+                self._wake_r = self._wake_w = -1
         return self._conclude()
 
     def close(self, timeout: float = STOP_GRACE) -> None:

@@ -103,8 +103,9 @@ class RaySupervisor(Supervisor):
             self.ray.wait(runs, num_returns=1, timeout=timeout)
         else:
             time.sleep(timeout)
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_r, 4096)  # a signal's wake-up byte (the loop handles the signal)
+        if self._wake_r >= 0:  # closed once run() ended; close() waits here too
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)  # a signal's wake-up byte (the loop handles it)
         self._drain()
 
     def _drain(self) -> None:
