@@ -25,8 +25,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
-
-from tests.conftest import wait_for_study
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 ray = pytest.importorskip("ray", reason="needs Ray: pip install 'tuner[ray]'")
 pytestmark = pytest.mark.slow
@@ -149,10 +149,59 @@ def ray_study(make_study: Any, source: str, **fields: Any) -> Path:
     return make_study(source, workers=workers, **fields)
 
 
+def reader(url: str) -> optuna.storages.RDBStorage:
+    """A storage for this process's reads of a study that launch writes: every call opens its
+    own connection and closes it (no pool, no tables created). ``optuna.load_study(url)``
+    builds an engine whose pooled connection stays open until a garbage collection: polling
+    five times a second for the minutes a loaded machine takes held more connections than
+    PostgreSQL's ``max_connections`` ("too many clients already" in a CI run)."""
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs={"poolclass": NullPool}, skip_compatibility_check=True,
+        skip_table_creation=True,
+    )  # fmt: skip
+
+
 def load(path: Path) -> optuna.Study:
-    return optuna.load_study(
-        study_name="test-study", storage=yaml.safe_load(path.read_text())["storage"]
-    )
+    return load_url(yaml.safe_load(path.read_text())["storage"])
+
+
+def load_url(url: str) -> optuna.Study:
+    return optuna.load_study(study_name="test-study", storage=reader(url))
+
+
+def connections_to(url: str, timeout: float = 20.0) -> int:
+    """How many connections the database of ``url`` has once ``timeout`` passed (or none)."""
+    import psycopg
+
+    from tests.pgutil import ADMIN_URL
+
+    admin = ADMIN_URL.replace("postgresql+psycopg://", "postgresql://", 1)
+    give_up = time.monotonic() + timeout
+    while True:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                (make_url(url).database,),
+            ).fetchone()
+        if count == 0 or time.monotonic() > give_up:
+            return count
+        time.sleep(0.5)
+
+
+def wait_for_study(url: str, ready: Any, *, timeout: float = 120.0) -> optuna.Study:
+    """Poll the study that launch writes (one :func:`reader`) until ``ready(study)``."""
+    storage = None
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        time.sleep(0.2)
+        try:
+            storage = storage or reader(url)
+            study = optuna.load_study(study_name="test-study", storage=storage)
+        except (KeyError, optuna.exceptions.StorageInternalError, SQLAlchemyError):
+            continue  # launch has not created the study (or its tables) yet
+        if ready(study):
+            return study
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for the study")
 
 
 def states(study: optuna.Study) -> dict[TrialState, int]:
@@ -287,7 +336,8 @@ def test_sigkill_of_an_actor_mid_trial_costs_that_trial_and_its_replacement_fini
 
 def test_trial_timeout_stops_a_hung_trial_on_an_actor(cluster, make_study):
     path = ray_study(make_study, HANGS, budget={"trials": 2, "trial_timeout": "2s", "epochs": 1})
-    proc = run_launch(path, cluster)
+    # Two actors start one after the other (each imports torch): minutes on a loaded machine.
+    proc = run_launch(path, cluster, timeout=300)
     assert proc.returncode == 0, proc.stderr
     study = load(path)
     assert states(study) == {TrialState.COMPLETE: 2, TrialState.FAIL: 2}
@@ -395,7 +445,10 @@ def test_two_nodes_refuse_sqlite_share_postgresql_and_survive_a_lost_node(
             proc.kill()
         assert proc.returncode == 0, out + err
         assert password not in out + err
-        study = optuna.load_study(study_name="test-study", storage=fresh_postgres_url)
+        # Nothing launch started keeps a connection to the study's database once it returned,
+        # and this process's reads hold none between calls.
+        assert connections_to(fresh_postgres_url) == 0
+        study = load_url(fresh_postgres_url)
         assert states(study) == {TrialState.COMPLETE: 4, TrialState.FAIL: 1}  # nothing RUNNING
         (failed,) = [t for t in study.trials if t.state == TrialState.FAIL]
         assert failed.number == lost

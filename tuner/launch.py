@@ -166,6 +166,7 @@ def run_worker(
     from tuner.objective import load_objective
     from tuner.storage import warn_if_sqlite_shared
     from tuner.tracking import RelayTracker, tracking_off
+    from tuner.trialdb import rdb_storage
 
     if events_fd is not None:
         from tuner.supervisor import EventWriter
@@ -180,6 +181,11 @@ def run_worker(
     if device is None:
         device = resolve_slots(study_file.workers.devices, 1)[0].tag
     _check_device(device)
+    # Every trial seeds torch (tuner.runner): import it now, not inside the first trial, where
+    # its seconds on a loaded machine counted against budget.trial_timeout, in a C import that
+    # the watchdog cannot interrupt; launch then killed each new worker in its first trial.
+    import torch  # noqa: F401
+
     # launch numbers its workers; a worker started by hand on another machine takes a number
     # from its host and pid, so no two workers share a sampler seed.
     index = os.environ.get(WORKER_INDEX_ENV, "")
@@ -226,6 +232,11 @@ def run_worker(
             )
     finally:
         tracker.close(timeout=30.0)
+        # The worker's connections end with its run, not with its process: a Ray actor's
+        # process can outlive the run (until launch kills it), and a server counts them.
+        storage = rdb_storage(study)
+        if storage is not None:
+            storage.engine.dispose()
     if events is not None:
         # Everything is recorded: launch need not wait for this process's teardown (about a
         # second after torch) to write its summary.
