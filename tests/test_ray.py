@@ -28,6 +28,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from tests.test_supervisor import HANGS as LOCAL_HANGS
+
 ray = pytest.importorskip("ray", reason="needs Ray: pip install 'tuner[ray]'")
 pytestmark = pytest.mark.slow
 
@@ -82,19 +84,9 @@ RELEASED = textwrap.dedent(
         return 1.0 / (trial.number + 1)
     """
 )
-HANGS = textwrap.dedent(
-    """
-    import signal, time
-
-    def objective(trial):
-        if trial.number == 0:
-            time.sleep(3600)              # the worker's own watchdog interrupts this
-        if trial.number == 1:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-            time.sleep(3600)              # deaf to it: launch kills the actor
-        return 1.0
-    """
-)
+# Trial 0 hangs and the worker's own watchdog interrupts it; trial 1 is deaf to that, and launch
+# kills its worker (here: its Ray actor).
+HANGS = LOCAL_HANGS
 
 
 def _free_port() -> int:
