@@ -189,7 +189,12 @@ def test_dockerfile_installs_cuda_torch_then_tuner() -> None:
     torch = next(i for i, run in enumerate(runs) if "torch==" in run)
     assert "--index-url" in runs[torch]
     assert args["TORCH_INDEX_URL"].startswith("https://download.pytorch.org/whl/cu")
-    tuner = next(i for i, run in enumerate(runs) if re.search(r"pip install \.(\s|$|&)", run))
+    # tuner itself, with the examples' extra (scikit-learn for the digits study)
+    tuner = next(
+        i
+        for i, run in enumerate(runs)
+        if re.search(r'pip install "?\.(\[[a-z,]+\])?"?(\s|$|&)', run)
+    )
     assert torch < tuner  # so that pip keeps the CUDA build
     copies = " ".join(args for word, args in instructions if word == "COPY")
     assert "pyproject.toml" in copies and "tuner" in copies
