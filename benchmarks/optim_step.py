@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuner.optim import Yogi
+from tuner.catalog.optim import Yogi
 
 TARGET = 1.2
 FUSED_TARGET = 1.1
@@ -149,7 +149,7 @@ def fused_report(args: argparse.Namespace) -> None:
 def sweep(args: argparse.Namespace) -> None:
     """Yogi fused at 100M values for several block sizes and warp counts (module constants),
     to choose the defaults on a new GPU."""
-    import tuner.optim._yogi_fused as fused_module
+    import tuner.catalog.optim._yogi_fused as fused_module
 
     device = torch.device("cuda")
     base = make_params(device, *FUSED_SIZES[1])

@@ -5,8 +5,9 @@ storage kind (a fresh SQLite file per study):
 
 - ``raw``: the space written by hand with Optuna's ``suggest_*`` calls, run by
   ``study.optimize``; parameter names, ranges and order exactly those of
-  ``tuner.space.sample_config`` (checked after each round: both studies must hold the same
-  distributions), and TPE with tuner's settings (``tuner.search.tpe_defaults``: multivariate,
+  ``tuner.config.space.sample_config`` (checked after each round: both studies must hold the same
+  distributions), and TPE with tuner's settings (``tuner.sampling.sampler.tpe_defaults``:
+  multivariate,
   grouped, constant liar, the budget's startup count);
 - ``tuner``: a study file driven through tuner's real path, ``open_session`` and the ``Worker``
   loop that ``tuner launch`` and ``tuner worker`` run (budget lock and counts, heartbeats,
@@ -42,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna
 
 from benchmarks._study import write_study
-from tuner.runner import Worker
-from tuner.search import tpe_defaults
-from tuner.session import open_session
-from tuner.studyfile import load_study_file
+from tuner.config.studyfile import load_study_file
+from tuner.db.session import open_session
+from tuner.sampling.sampler import tpe_defaults
+from tuner.worker.runner import Worker
 
 TARGET = 1.15
 
@@ -121,7 +122,7 @@ def run_round(workdir: Path, trials: int, *, raw_wal: bool = False) -> Lockstep:
     tuner keeps SQLite studies in write-ahead-log mode; with ``raw_wal`` raw Optuna's file is
     put in that mode too, so that the ratio isolates tuner's own code from the journal mode.
     """
-    from tuner.objective import load_objective
+    from tuner.worker.objective import load_objective
 
     studies = []
     for name, sampler in (

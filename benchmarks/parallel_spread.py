@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna
 
-from tuner.search import tpe_defaults, worker_seed
-from tuner.space import parse_search, sample_config
+from tuner.config.space import parse_search, sample_config
+from tuner.sampling.sampler import tpe_defaults, worker_seed
 
 BEST_LR = {"sgd": 0.3, "momentum": 0.03, "nesterov": 0.03, "adagrad": 0.05, "rmsprop": 1e-3,
            "adadelta": 1.0, "adam": 2e-3, "adamw": 2e-3, "yogi": 1e-2}  # fmt: skip

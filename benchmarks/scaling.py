@@ -56,9 +56,9 @@ from optuna.trial import TrialState
 
 from benchmarks._study import write_study
 from tests.pgutil import fresh_postgres_database, postgres_unavailable_reason
-from tuner.session import open_study
-from tuner.storage import open_storage
-from tuner.studyfile import load_study_file
+from tuner.config.studyfile import load_study_file
+from tuner.db.session import open_study
+from tuner.db.storage import open_storage
 
 TARGET = 0.9
 SLEEP_S = 2.0
@@ -204,22 +204,22 @@ def checkpoints(trials: int) -> tuple[int, ...]:
 
 
 def run_growth(trials: int) -> None:
-    import tuner.runner
-    import tuner.space
-    from tuner.objective import load_objective
-    from tuner.runner import Worker
-    from tuner.session import open_session
+    import tuner.config.space
+    import tuner.worker.runner
+    from tuner.db.session import open_session
+    from tuner.worker.objective import load_objective
+    from tuner.worker.runner import Worker
 
     print(f"\n== per-trial time as the study grows: no-op objective, TPE, {trials} trials")
     timers = Timers()
     undo = [
-        timers.wrap(tuner.space, "sample_config", "sampler"),
+        timers.wrap(tuner.config.space, "sample_config", "sampler"),
         timers.wrap(optuna.samplers.TPESampler, "sample_independent", "tpe"),
         timers.wrap(optuna.Study, "ask", "ask_tell"),
-        timers.wrap(tuner.runner, "tell", "ask_tell"),
+        timers.wrap(tuner.worker.runner, "tell", "ask_tell"),
         # tuner's own database work, timed directly: the budget counts and the trial records.
-        timers.wrap(tuner.runner, "budget_counts", "own_sql"),
-        timers.wrap(tuner.runner, "set_user_attrs", "own_sql"),
+        timers.wrap(tuner.worker.runner, "budget_counts", "own_sql"),
+        timers.wrap(tuner.worker.runner, "set_user_attrs", "own_sql"),
     ]
     rows: list[dict[str, float]] = []
     mark = time.perf_counter()

@@ -533,10 +533,10 @@ def run_tuner(
     ``step_loss``: the objective also gives each step's training loss to
     ``trial.step_loss`` (where tuner.Trial has it) for the range test to read.
     """
-    from tuner.runner import Worker
+    from tuner.config.studyfile import StudyFile
+    from tuner.db.session import open_session
     from tuner.search import RANGE_TEST_ATTR
-    from tuner.session import open_session
-    from tuner.studyfile import StudyFile
+    from tuner.worker.runner import Worker
 
     with tempfile.TemporaryDirectory() as tmp:
         doc = {
@@ -628,7 +628,7 @@ GRID_SEED = 0
 
 def ceiling_families() -> list[str]:
     """The optimizer tuner probes for each family on a full-catalog study."""
-    from tuner.optim import OPTIMIZERS
+    from tuner.catalog.optim import OPTIMIZERS
     from tuner.search._range_test import probe_plan
 
     return list(probe_plan(OPTIMIZERS))
@@ -660,8 +660,8 @@ def _finite(value: float, *_: int) -> None:
 def run_grid(problem: Problem, family: str, lr: float, epochs: int) -> float:
     """``family``'s catalog defaults at a constant ``lr``, built as tuner builds them; the
     final validation value, NaN when the run diverged."""
-    from tuner.export import OptimizerConfig, build_optimizer
-    from tuner.optim import get_optimizer
+    from tuner.catalog.export import OptimizerConfig, build_optimizer
+    from tuner.catalog.optim import get_optimizer
 
     spec = get_optimizer(family)
     kwargs = spec.to_kwargs({**spec.default_values, "lr": lr})
@@ -832,7 +832,7 @@ def _ceiling(family: dict[str, Any]) -> tuple[float, str]:
     if family.get("range"):
         return float(family["range"][1]), signal
     # The probe failed: the search kept the catalog's range.
-    from tuner.optim import get_optimizer
+    from tuner.catalog.optim import get_optimizer
 
     lr = next(hp for hp in get_optimizer(family["optimizer"]).hparams if hp.name == "lr")
     return float(lr.default.high), "catalog"

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tuner.storage import redact_url
+from tuner.core.redact import redact
 
 __all__ = [
     "ADMIN_URL",
@@ -55,7 +55,7 @@ def postgres_unavailable_reason(admin_url: str = ADMIN_URL) -> str | None:
     except psycopg.Error as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         return (
-            f"PostgreSQL unreachable at {redact_url(admin_url)}: {redact_url(first_line)} "
+            f"PostgreSQL unreachable at {redact(admin_url)}: {redact(first_line)} "
             "(start it with .ci/postgres-up)"
         )
 

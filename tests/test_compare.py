@@ -23,7 +23,9 @@ from optuna.trial import TrialState
 
 from tests.conftest import REGRESSION
 from tests.test_launch import load, run
-from tuner.compare import (
+from tuner.apps.report import write_report
+from tuner.config.studyfile import CompareConfig
+from tuner.results.compare import (
     REPLICATE_ATTR,
     TEST_METHOD,
     Finalist,
@@ -36,8 +38,6 @@ from tuner.compare import (
     t_interval,
     tied,
 )
-from tuner.report import write_report
-from tuner.studyfile import CompareConfig
 
 ADAM_FIXED = {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
 FIXED_SCHEDULE = {"schedules": ["constant"], "warmup": {"fraction": 0}}
@@ -610,7 +610,7 @@ def test_steps_to_target_against_a_hand_computed_value(tmp_path: Path) -> None:
 
 
 def finalists_of(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]:
-    from tuner.compare import finalists
+    from tuner.results.compare import finalists
 
     return finalists(study.get_trials(), study.direction.name.lower(), n)
 

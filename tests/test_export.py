@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from tuner.errors import ConfigError
-from tuner.export import OptimizerConfig, build_optimizer, load_optimizer_config
-from tuner.optim import OPTIMIZERS
-from tuner.render import render_torch_code
-from tuner.schedules import SCHEDULES
+from tuner.catalog.export import OptimizerConfig, build_optimizer, load_optimizer_config
+from tuner.catalog.optim import OPTIMIZERS
+from tuner.catalog.render import render_torch_code
+from tuner.catalog.schedules import SCHEDULES
+from tuner.core.errors import ConfigError
 
 TESTS = Path(__file__).parent
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuner.export import build_optimizer, load_optimizer_config
-from tuner.optim import OPTIMIZERS
-from tuner.render import render_torch_script
-from tuner.schedules import SCHEDULES
+from tuner.catalog.export import build_optimizer, load_optimizer_config
+from tuner.catalog.optim import OPTIMIZERS
+from tuner.catalog.render import render_torch_script
+from tuner.catalog.schedules import SCHEDULES
 
 TESTS = Path(__file__).parent
 STEPS = 50

@@ -1,4 +1,5 @@
-"""tuner's vocabulary is defined once (tuner/keys.py): no module spells a tuner:* key itself."""
+"""tuner's vocabulary is defined once (tuner/core/keys.py): no module spells a tuner:* key
+itself."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-from tuner.keys import ATTR, OUTCOMES, Outcome
+from tuner.core.keys import ATTR, OUTCOMES, Outcome
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tuner"
 KEY = re.compile(r"^tuner:[a-z_]+$")
@@ -24,7 +25,7 @@ def test_every_tuner_key_is_spelled_only_in_keys_py():
                 and KEY.match(node.value)
             ):
                 spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value}")
-    assert not spelled, "use tuner.keys.ATTR instead:\n" + "\n".join(spelled)
+    assert not spelled, "use tuner.core.keys.ATTR instead:\n" + "\n".join(spelled)
 
 
 def test_keys_and_outcomes_are_distinct():

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import REGRESSION
 from tuner.cli import cli
-from tuner.launch import _gpu_driver_present
+from tuner.launch.slots import gpu_driver_present
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -50,7 +50,7 @@ def test_launch_runs_the_budget_and_prints_a_summary(make_study):
     assert config["schedule"]["name"] in ("constant", "cosine")
 
 
-@pytest.mark.skipif(_gpu_driver_present(), reason="with a GPU driver, `auto` asks torch")
+@pytest.mark.skipif(gpu_driver_present(), reason="with a GPU driver, `auto` asks torch")
 def test_the_launch_process_itself_never_imports_torch(make_study):
     """Only the workers train: launch validates the study file (the whole optimizer and
     schedule catalog), resolves `devices: auto`, supervises and summarizes without torch, whose

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tuner.errors import ConfigError, ObjectiveError
-from tuner.objective import load_objective, split_objective_spec
+from tuner.config.objective_spec import split_objective_spec
+from tuner.core.errors import ConfigError, ObjectiveError
+from tuner.worker.objective import load_objective
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from tuner.errors import CatalogError
-from tuner.hparams import Range
-from tuner.optim import OPTIMIZERS, OptimizerSpec, get_optimizer
+from tuner.catalog.hparams import Range
+from tuner.catalog.optim import OPTIMIZERS, OptimizerSpec, get_optimizer
+from tuner.core.errors import CatalogError
 
 SPECS = list(OPTIMIZERS.values())
 

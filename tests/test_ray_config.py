@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from tuner.cli import cli
-from tuner.errors import ConfigError
-from tuner.ray_backend import objective_folder
-from tuner.studyfile import load_study_file
+from tuner.config.studyfile import load_study_file
+from tuner.core.errors import ConfigError
+from tuner.launch.ray_backend import objective_folder
 
 BASE = "name: demo\nobjective: obj.py:objective\n"
 

@@ -6,7 +6,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tuner.redact import redact
+from tuner.core.redact import redact
 
 SECRET = "Pw@1:%{x}"
 ENC = quote(SECRET, safe="")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tuner.report import (
+from tuner.apps.report import (
     MIN_IMPORTANCE_TRIALS,
     Report,
     best_per_optimizer,
@@ -123,8 +123,8 @@ def make_study(
 def add_replicates(study: optuna.Study, seeds: int, *, finalists: int = 3) -> None:
     """Replicates of the finalists as the runner records them: the finalist's configuration
     again, the value moved by per-seed noise (the same for every finalist, as shared seeds do)."""
-    from tuner.compare import REPLICATE_ATTR, replicate_seed
-    from tuner.compare import finalists as pick
+    from tuner.results.compare import REPLICATE_ATTR, replicate_seed
+    from tuner.results.compare import finalists as pick
 
     direction = study.direction.name.lower()
     for finalist in pick(study.get_trials(deepcopy=False), direction, finalists):
@@ -377,7 +377,7 @@ def test_too_few_trials_for_importances_is_said_not_crashed(tmp_path: Path) -> N
 def test_a_collapsed_trial_is_marked_off_scale_and_does_not_squash_the_rest(
     tmp_path: Path,
 ) -> None:
-    from tuner.plots import robust_range
+    from tuner.apps.plots import robust_range
 
     study = make_study(tmp_path, direction="maximize")
     config = dict(study.trials[1].user_attrs["tuner:config"])

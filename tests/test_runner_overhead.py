@@ -18,12 +18,12 @@ import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
-import tuner.space
-from tuner.objective import load_objective
-from tuner.runner import ATTR, Worker
-from tuner.session import open_session
-from tuner.studyfile import load_study_file
-from tuner.trialdb import budget_counts, set_user_attrs
+import tuner.config.space
+from tuner.config.studyfile import load_study_file
+from tuner.db.session import open_session
+from tuner.db.trialdb import budget_counts, set_user_attrs
+from tuner.worker.objective import load_objective
+from tuner.worker.runner import ATTR, Worker
 
 NOOP = "def objective(trial):\n    return 0.0\n"
 
@@ -107,7 +107,7 @@ def test_bookkeeping_costs_two_write_transactions_per_trial(make_study, monkeypa
 def test_the_first_heartbeat_and_host_are_stored_before_sampling(make_study, monkeypatch):
     path = make_study(NOOP, budget={"trials": 2}, workers={"heartbeat_interval": 5})
     seen: list[tuple[bool, dict[str, Any]]] = []
-    original = tuner.space.sample_config
+    original = tuner.config.space.sample_config
 
     def checking(trial: optuna.Trial, space: Any) -> Any:
         storage = trial.study._storage
@@ -121,7 +121,7 @@ def test_the_first_heartbeat_and_host_are_stored_before_sampling(make_study, mon
         seen.append((beats == 1, fresh.trials[trial.number].user_attrs))
         return original(trial, space)
 
-    monkeypatch.setattr(tuner.space, "sample_config", checking)
+    monkeypatch.setattr(tuner.config.space, "sample_config", checking)
     _, reason = run_worker(path)
     assert reason == "budget"
     assert len(seen) == 2

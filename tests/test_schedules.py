@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.errors import CatalogError, ConfigError
-from tuner.schedules import SCHEDULES, build_scheduler, get_schedule
+from tuner.catalog.schedules import SCHEDULES, build_scheduler, get_schedule
+from tuner.core.errors import CatalogError, ConfigError
 
 TESTS = Path(__file__).parent
 

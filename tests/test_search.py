@@ -20,19 +20,19 @@ from optuna.trial import TrialState
 
 from tests.conftest import REGRESSION
 from tuner.cli import cli
-from tuner.runner import Worker
+from tuner.config.studyfile import StudyFile, load_study_file
+from tuner.db.session import open_session
+from tuner.sampling.pruner import ScheduleMedianPruner
+from tuner.sampling.sampler import worker_seed
 from tuner.search import (
     PORTFOLIO_ATTR,
     PORTFOLIO_ENTRY_ATTR,
     RANGE_TEST_ATTR,
     LrProbe,
     run_probe,
-    worker_seed,
 )
-from tuner.search._pruner import ScheduleMedianPruner
-from tuner.session import open_session
-from tuner.studyfile import StudyFile, load_study_file
 from tuner.trial import Trial, TrialDiverged
+from tuner.worker.runner import Worker
 
 ON = {"lr_range_test": "auto", "portfolio": True}
 
@@ -197,8 +197,8 @@ def test_probe_ceiling_on_a_classifier_whose_gradient_norm_rises_while_its_loss_
 
 
 def test_an_uncertain_probe_never_lowers_a_portfolio_rate_below_the_literature():
+    from tuner.config.space import parse_search
     from tuner.search import portfolio_trials
-    from tuner.space import parse_search
 
     space = parse_search({"optimizers": ["adam"], "schedules": ["constant"]})
 

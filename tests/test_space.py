@@ -8,12 +8,12 @@ import optuna
 import pytest
 import torch
 
-from tuner.errors import ConfigError
-from tuner.export import build_optimizer, load_optimizer_config
-from tuner.hparams import Choice, Fixed, Range
-from tuner.optim import OPTIMIZERS
-from tuner.schedules import SCHEDULES
-from tuner.space import parse_search, sample_config
+from tuner.catalog.export import build_optimizer, load_optimizer_config
+from tuner.catalog.hparams import Choice, Fixed, Range
+from tuner.catalog.optim import OPTIMIZERS
+from tuner.catalog.schedules import SCHEDULES
+from tuner.config.space import parse_search, sample_config
+from tuner.core.errors import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

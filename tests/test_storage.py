@@ -19,16 +19,16 @@ import pytest
 import sqlalchemy
 import sqlalchemy.exc
 
-import tuner.storage
+import tuner.db.storage
 from tests.pgutil import fresh_postgres_database, require_postgres, terminate_backends
-from tuner.errors import StorageError
-from tuner.storage import (
+from tuner.core.errors import StorageError
+from tuner.core.redact import redact
+from tuner.db.storage import (
     budget_lock,
     dialect_of,
     is_transient_error,
     normalize_url,
     open_storage,
-    redact_url,
     retry,
     warn_if_sqlite_shared,
 )
@@ -101,9 +101,7 @@ def test_dialect_of_names_the_database_kind_only(url: str, expected: str) -> Non
 
 def test_redact_url_hides_every_password() -> None:
     text = "a postgresql://tuner:s3cret@db/t and mysql://root:s3cret@h/x, sqlite:///t.db"
-    assert (
-        redact_url(text) == "a postgresql://tuner:***@db/t and mysql://root:***@h/x, sqlite:///t.db"
-    )
+    assert redact(text) == "a postgresql://tuner:***@db/t and mysql://root:***@h/x, sqlite:///t.db"
 
 
 def test_warn_if_sqlite_shared() -> None:
@@ -117,8 +115,8 @@ def test_warn_if_sqlite_shared() -> None:
 
 
 def test_all_names_exist() -> None:
-    for name in tuner.storage.__all__:
-        assert hasattr(tuner.storage, name), name
+    for name in tuner.db.storage.__all__:
+        assert hasattr(tuner.db.storage, name), name
 
 
 # --- opening a storage ---------------------------------------------------------------------
@@ -309,7 +307,7 @@ def test_storage_retries_a_connection_killed_mid_call(
         terminate_backends(pg_url)
 
     sqlalchemy.event.listen(storage.engine, "engine_connect", kill_after_checkout, once=True)
-    caplog.set_level(logging.WARNING, logger="tuner.storage")
+    caplog.set_level(logging.WARNING, logger="tuner.db.storage")
     if attempts == 1:
         with pytest.raises(optuna.exceptions.StorageInternalError):
             storage.get_all_trials(study._study_id)
@@ -352,7 +350,7 @@ def test_study_carries_on_while_connections_are_killed(pg_url: str) -> None:
 _LOCK_CHILD = r"""
 import os, sys, time
 from pathlib import Path
-from tuner.storage import budget_lock
+from tuner.db.storage import budget_lock
 url, study, log, ready, go, rounds, use_lock = sys.argv[1:8]
 Path(ready).touch()
 while not os.path.exists(go):
@@ -371,7 +369,7 @@ _BUDGET_CHILD = r"""
 import os, sys, time
 from pathlib import Path
 import optuna
-from tuner.storage import budget_lock, open_storage
+from tuner.db.storage import budget_lock, open_storage
 url, study_name, budget, ready, go = sys.argv[1:6]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 storage = open_storage(url)
@@ -512,7 +510,7 @@ def _lock_and_note(url: str, study: str, done: list[str]) -> None:
 _HOLD_CHILD = r"""
 import sys, time
 from pathlib import Path
-from tuner.storage import budget_lock
+from tuner.db.storage import budget_lock
 url, flag = sys.argv[1:3]
 with budget_lock(url, "digits"):
     Path(flag).touch()
@@ -607,15 +605,15 @@ def test_a_held_budget_lock_is_announced_and_given_up_on(tmp_path, monkeypatch):
     seen: list[str] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("tuner.storage").addHandler(handler)
+    logging.getLogger("tuner.db.storage").addHandler(handler)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        monkeypatch.setattr(tuner.storage, "LOCK_NOTICE_AFTER", 0.2)
-        monkeypatch.setattr(tuner.storage, "LOCK_TIMEOUT", 1.0)
+        monkeypatch.setattr(tuner.db.storage, "LOCK_NOTICE_AFTER", 0.2)
+        monkeypatch.setattr(tuner.db.storage, "LOCK_TIMEOUT", 1.0)
         with pytest.raises(StorageError) as raised, budget_lock(f"sqlite:///{db}", "demo"):
             pass
     finally:
-        logging.getLogger("tuner.storage").removeHandler(handler)
+        logging.getLogger("tuner.db.storage").removeHandler(handler)
         holder.kill()
         holder.wait()
     assert any(f"waiting for the lock file {db}.lock (reserving a trial)" in m for m in seen)
@@ -629,7 +627,7 @@ def test_a_held_budget_lock_is_announced_and_given_up_on(tmp_path, monkeypatch):
 def test_a_stale_trial_is_failed_once_when_many_processes_check_at_once(storage_url: str) -> None:
     """The launch and every worker look for stale trials; a trial failed twice would queue its
     retry twice and run one trial past the budget."""
-    from tuner.trialdb import fail_stale_trials
+    from tuner.db.trialdb import fail_stale_trials
 
     failed: list[int] = []
 

@@ -234,8 +234,8 @@ def test_a_running_trial_that_never_recorded_a_heartbeat_is_failed_after_the_gra
 ):
     # A worker whose first heartbeat write failed (a full disk) and which then died leaves such
     # a trial; Optuna's own stale check only looks at trials with a heartbeat.
-    from tuner.storage import open_storage
-    from tuner.trialdb import fail_stale_trials
+    from tuner.db.storage import open_storage
+    from tuner.db.trialdb import fail_stale_trials
 
     storage = open_storage(
         f"sqlite:///{tmp_path / 'tuner.db'}", heartbeat_interval=1, grace_period=2

@@ -8,25 +8,22 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tuner.durations import format_duration, parse_duration
-from tuner.errors import ConfigError
-from tuner.search._pruner import ScheduleMedianPruner
-from tuner.studyfile import (
-    PRUNERS,
-    SAMPLERS,
+from tuner.config.studyfile import (
     PrunerConfig,
     SamplerConfig,
     StudyFile,
     load_study_file,
-    make_pruner,
-    make_sampler,
     with_overrides,
 )
+from tuner.core.durations import format_duration, parse_duration
+from tuner.core.errors import ConfigError
+from tuner.sampling.pruner import ScheduleMedianPruner
+from tuner.sampling.registry import PRUNERS, SAMPLERS, make_pruner, make_sampler
 
 try:
-    from tuner.space import SearchSpace, parse_search
+    from tuner.config.space import SearchSpace, parse_search
 except ImportError as exc:  # the search space is another module, built alongside this one
-    SPACE_MISSING: str | None = f"tuner.space is not importable yet ({exc})"
+    SPACE_MISSING: str | None = f"tuner.config.space is not importable yet ({exc})"
 else:
     SPACE_MISSING = None
 

@@ -25,7 +25,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from tests.mlflow_server import MlflowServer, free_port
-from tuner.supervisor import EventWriter
+from tuner.apps.sync import sync_study
+from tuner.launch.events import EventWriter
 from tuner.tracking import (
     HTTP_DEFAULTS,
     PARENT_RUN_ATTR,
@@ -35,7 +36,6 @@ from tuner.tracking import (
     TrackRelay,
     TrialRecorder,
     make_tracker,
-    sync_study,
 )
 from tuner.tracking._client import ensure_experiment, terminate_run
 
@@ -80,7 +80,7 @@ def open_study(tracker: MlflowTracker, experiment: str, existing: str | None = N
         study_name=experiment,
         experiment=experiment,
         study_yaml_text=STUDY_YAML,
-        tags={"tuner.sampler": "tpe", "tuner.pruner": "hyperband", "tuner.storage": "sqlite"},
+        tags={"tuner.sampler": "tpe", "tuner.pruner": "hyperband", "tuner.db.storage": "sqlite"},
         existing_parent_run_id=existing,
     )
 
@@ -300,7 +300,7 @@ def test_open_study_finds_the_same_parent_run(backend: Backend, experiment: str)
     runs = client.search_runs([exp.experiment_id])
     assert [r.info.run_id for r in runs] == [parent]
     tags = runs[0].data.tags
-    assert tags["tuner.sampler"] == "tpe" and tags["tuner.storage"] == "sqlite"
+    assert tags["tuner.sampler"] == "tpe" and tags["tuner.db.storage"] == "sqlite"
     assert runs[0].info.run_name == experiment
     assert [a.path for a in client.list_artifacts(parent)] == ["study.yaml"]
     local = client.download_artifacts(parent, "study.yaml", str(backend.files / uuid.uuid4().hex))
@@ -579,7 +579,7 @@ def test_a_password_in_a_url_never_reaches_mlflow(
         study_name=experiment,
         experiment=experiment,
         study_yaml_text=f"name: x\nstorage: {storage}\n",
-        tags={"tuner.storage": storage},
+        tags={"tuner.db.storage": storage},
         existing_parent_run_id=None,
     )
     recorder = tracker.start_trial(
@@ -599,7 +599,7 @@ def test_a_password_in_a_url_never_reaches_mlflow(
     client = MlflowClient(backend.uri)
     (run,) = children(client, experiment, parent)
     assert run.data.params["data.url"] == "https://reader:***@data.example/digits"
-    assert client.get_run(parent).data.tags["tuner.storage"].endswith("tuner:***@db:5432/tuner")
+    assert client.get_run(parent).data.tags["tuner.db.storage"].endswith("tuner:***@db:5432/tuner")
     # Every byte the backend wrote: its database and its artifact store.
     for path in backend.files.rglob("*"):
         if path.is_file():

@@ -31,8 +31,8 @@ from optuna.trial import TrialState
 
 from tests.mlflow_server import MlflowServer
 from tuner.cli import cli
-from tuner.storage import open_storage
-from tuner.studyfile import load_study_file
+from tuner.config.studyfile import load_study_file
+from tuner.db.storage import open_storage
 from tuner.tracking import PARENT_RUN_ATTR, flatten_params
 
 # Outcome by trial number: 0 complete, 1 pruned after a report, 2 diverged (a NaN report),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pytorch_optimizer import Yogi as ReferenceYogi
 
-from tuner.optim import Yogi
+from tuner.catalog.optim import Yogi
 
 SHAPES = [(3, 4), (5,), (2, 3, 2), (1,)]
 
@@ -147,7 +147,7 @@ def test_cpu_cache_blocks_do_not_change_the_result(monkeypatch: pytest.MonkeyPat
     """The CPU foreach path runs block by block; blocks of 40 bytes slice every tensor of more than
     five values and take the allocating path for a non-contiguous one, and must still give the
     same bits as one block holding everything."""
-    import tuner.optim._yogi as yogi_module
+    import tuner.catalog.optim._yogi as yogi_module
 
     params = make_params()
     params[0] = params[0].detach().reshape(4, 3).t().requires_grad_()  # non-contiguous, (3, 4)

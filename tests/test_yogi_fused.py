@@ -17,7 +17,7 @@ import torch
 
 from tests.conftest import REPO
 from tests.test_yogi import clone, saved_and_loaded
-from tuner.optim import Yogi
+from tuner.catalog.optim import Yogi
 
 triton = pytest.importorskip(
     "triton", reason="Triton is not installed (it is in the test extras on Linux)"
@@ -189,7 +189,7 @@ def test_fused_without_triton_says_so(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import torch
-        from tuner.optim import Yogi
+        from tuner.catalog.optim import Yogi
         Yogi([torch.zeros(2, requires_grad=True)])  # fused=False never needs Triton
         try:
             Yogi([torch.zeros(2, requires_grad=True)], fused=True)
@@ -295,7 +295,7 @@ def test_cuda_fused_half_precision_tracks_float32(
 def test_catalog_builds_the_usual_optimizer_off_cuda() -> None:
     """``fused=True`` asks for speed, not another update: on CPU the catalog ignores it, so one
     objective runs on CPU and GPU workers alike."""
-    from tuner.optim import get_optimizer
+    from tuner.catalog.optim import get_optimizer
 
     for name in ("yogi", "adam", "sgd"):
         spec = get_optimizer(name)
@@ -309,7 +309,7 @@ def test_catalog_builds_the_usual_optimizer_off_cuda() -> None:
 @pytest.mark.parametrize("name", ["yogi", "adam", "adamw"])
 def test_catalog_builds_fused_on_cuda(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    from tuner.export import build_optimizer
+    from tuner.catalog.export import build_optimizer
 
     model = torch.nn.Linear(4, 2).cuda()
     optimizer, _ = build_optimizer(model.parameters(), {"optimizer": name}, 10, fused=True)
@@ -324,7 +324,7 @@ def compile_for_hopper(**constexprs: object) -> str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from tuner.optim import _yogi_fused
+    from tuner.catalog.optim import _yogi_fused
 
     kernel = _yogi_fused._kernel(False)
     scalars = ("lr", "one_minus_beta1", "one_minus_beta2", "eps", "weight_decay")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tuner._lazy import lazy_attributes
+from tuner.core.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -34,25 +34,25 @@ __all__ = [
 ]
 
 _WHERE = {
-    "CatalogError": "tuner.errors",
-    "ConfigError": "tuner.errors",
-    "StorageError": "tuner.errors",
-    "TunerError": "tuner.errors",
+    "CatalogError": "tuner.core.errors",
+    "ConfigError": "tuner.core.errors",
+    "StorageError": "tuner.core.errors",
+    "TunerError": "tuner.core.errors",
     "Trial": "tuner.trial",
     "TrialDiverged": "tuner.trial",
     "TrialPruned": "tuner.trial",
-    "Yogi": "tuner.optim",
-    "OptimizerConfig": "tuner.export",
-    "build_optimizer": "tuner.export",
-    "load_optimizer_config": "tuner.export",
-    "render_torch_code": "tuner.render",
+    "Yogi": "tuner.catalog.optim",
+    "OptimizerConfig": "tuner.catalog.export",
+    "build_optimizer": "tuner.catalog.export",
+    "load_optimizer_config": "tuner.catalog.export",
+    "render_torch_code": "tuner.catalog.render",
 }
 
 if TYPE_CHECKING:
-    from tuner.errors import CatalogError, ConfigError, StorageError, TunerError
-    from tuner.export import OptimizerConfig, build_optimizer, load_optimizer_config
-    from tuner.optim import Yogi
-    from tuner.render import render_torch_code
+    from tuner.catalog.export import OptimizerConfig, build_optimizer, load_optimizer_config
+    from tuner.catalog.optim import Yogi
+    from tuner.catalog.render import render_torch_code
+    from tuner.core.errors import CatalogError, ConfigError, StorageError, TunerError
     from tuner.trial import Trial, TrialDiverged, TrialPruned
 
 

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from tuner.errors import ConfigError, TunerError
-from tuner.storage import redact_url
+from tuner.core.errors import ConfigError, TunerError
+from tuner.core.redact import redact
 
 if TYPE_CHECKING:
-    from tuner.summary import StudySummary
-    from tuner.supervisor import Stop
+    from tuner.launch.supervisor import Stop
+    from tuner.results.summary import StudySummary
 
 __all__ = ["cli", "main"]
 
@@ -33,7 +33,7 @@ STUDY_ARG = click.argument(
 
 
 def _echo(message: str) -> None:
-    click.echo(redact_url(message), err=True)
+    click.echo(redact(message), err=True)
 
 
 def _handle_errors(fn: F) -> F:
@@ -85,11 +85,11 @@ def _setup_logging(quiet: bool = False) -> None:
 
 class _RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact_url(super().format(record))
+        return redact(super().format(record))
 
 
 def _load(study_path: Path, *, trials: int | None = None, timeout: str | None = None) -> Any:
-    from tuner.studyfile import load_study_file, with_overrides
+    from tuner.config.studyfile import load_study_file, with_overrides
 
     study_file = load_study_file(study_path)
     if trials is not None or timeout is not None:
@@ -123,7 +123,7 @@ def launch(study_path: Path, trials: int | None, timeout: str | None, quiet: boo
     if not quiet:
         # At once: validating the file imports torch (the catalog), which takes seconds.
         _echo(f"tuner launch: checking {study_path.resolve()}")
-    from tuner.launch import launch as run_launch
+    from tuner.launch.launcher import launch as run_launch
 
     _setup_logging(quiet)
     study_file = _load(study_path, trials=trials, timeout=timeout)
@@ -164,7 +164,7 @@ def worker(
     quiet: bool,
 ) -> None:  # fmt: skip
     """Join the study in STUDY.yaml and run trials on one device until its budget is spent."""
-    from tuner.launch import run_worker
+    from tuner.launch.worker_main import run_worker
 
     _setup_logging(quiet)
     if supervised_by is not None:
@@ -197,8 +197,8 @@ def worker(
 @_handle_errors
 def status(study_path: Path) -> None:
     """Trials by outcome, the best so far, and running trials with their worker and device."""
-    from tuner.summary import summarize
-    from tuner.trialdb import fail_stale_trials
+    from tuner.db.trialdb import fail_stale_trials
+    from tuner.results.summary import summarize
 
     _setup_logging()
     study_file = _load(study_path)
@@ -230,10 +230,10 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
     the winner, or the cheapest of those tied with it); with replicates off or not run yet, the
     best search trial's configuration.
     """
-    from tuner.compare import compute_answer
-    from tuner.export import OptimizerConfig
-    from tuner.keys import ATTR
-    from tuner.render import render_torch_script
+    from tuner.catalog.export import OptimizerConfig
+    from tuner.catalog.render import render_torch_script
+    from tuner.core.keys import ATTR
+    from tuner.results.compare import compute_answer
 
     _setup_logging()
     study_file = _load(study_path)
@@ -281,9 +281,9 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
 @_handle_errors
 def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:
     """Plots and a summary of the study, also logged to its MLflow parent run."""
-    from tuner.filenames import safe_filename
-    from tuner.keys import ATTR
-    from tuner.report import write_report
+    from tuner.apps.report import write_report
+    from tuner.core.filenames import safe_filename
+    from tuner.core.keys import ATTR
     from tuner.tracking import make_tracker
 
     _setup_logging()
@@ -342,8 +342,8 @@ def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:
 @_handle_errors
 def sync(study_path: Path) -> None:
     """Backfill MLflow from the study database: every trial missing or incomplete there."""
-    from tuner.storage import dialect_of
-    from tuner.tracking import sync_study
+    from tuner.apps.sync import sync_study
+    from tuner.db.storage import dialect_of
 
     _setup_logging()
     study_file = _load(study_path)
@@ -374,7 +374,7 @@ def sync(study_path: Path) -> None:
 
 
 def _load_existing_study(study_file: Any, *, heartbeats: bool = False) -> Any:
-    from tuner.session import load_study
+    from tuner.db.session import load_study
 
     # Reading a study never creates one: a wrong folder is an error, not a new empty file.
     return load_study(study_file, heartbeats=heartbeats)

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from tuner.keys import ATTR
+from tuner.core.keys import ATTR
 
 if TYPE_CHECKING:
     import torch
 
-    from tuner.export import OptimizerConfig
+    from tuner.catalog.export import OptimizerConfig
     from tuner.tracking import TrialRecorder
 
 __all__ = ["DIVERGENCE_FACTOR", "Trial", "TrialDiverged", "TrialPruned"]
@@ -117,7 +117,7 @@ class Trial:
         ``optimizer.step()``. ``fused=True`` builds Adam, AdamW and Yogi with one kernel per
         step when the parameters are on CUDA (the same update, faster); elsewhere it is ignored.
         """
-        from tuner.export import build_optimizer
+        from tuner.catalog.export import build_optimizer
 
         optimizer, scheduler = build_optimizer(params, self.config, total_steps, fused=fused)
         self._optimizer = optimizer

@@ -6,8 +6,8 @@ seeds, and a pruner that compares like with like.
 - :mod:`tuner.search._phase`: running the probes through the user's objective, sharing the
   result through the study, and enqueueing the portfolio.
 - :mod:`tuner.search._portfolio` and ``portfolio.yaml``: the known-good configurations.
-- :mod:`tuner.search._sampler`: seeds and TPE settings.
-- :mod:`tuner.search._pruner`: the default pruner.
+
+Seeds, TPE settings and the default pruner are one layer down, in :mod:`tuner.sampling`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from tuner.search._phase import (
 )
 from tuner.search._portfolio import PORTFOLIO, portfolio_trials
 from tuner.search._range_test import LrProbe, ProbeOutcome, probe_bounds, search_range
-from tuner.search._sampler import tpe_defaults, worker_index, worker_seed
 
 __all__ = [
     "PORTFOLIO",
@@ -41,7 +40,4 @@ __all__ = [
     "probe_bounds",
     "run_probe",
     "search_range",
-    "tpe_defaults",
-    "worker_index",
-    "worker_seed",
 ]

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from tuner.hparams import Range
-from tuner.keys import ATTR
+from tuner.catalog.hparams import Range
+from tuner.core.keys import ATTR
 from tuner.search._portfolio import portfolio_trials
 from tuner.search._range_test import (
     SIGNALS,
@@ -46,8 +46,8 @@ from tuner.trial import Trial, TrialDiverged
 if TYPE_CHECKING:
     import threading
 
-    from tuner.space import SearchSpace
-    from tuner.studyfile import StudyFile
+    from tuner.config.space import SearchSpace
+    from tuner.config.studyfile import StudyFile
 
 __all__ = [
     "PORTFOLIO_ATTR",
@@ -323,9 +323,9 @@ def run_probe(
         if trial.probe is not None and trial.probe.lrs:
             trial.probe.finish(diverged=True)
     except Exception as exc:  # the objective cannot run the probe: the catalog range stays
-        from tuner.storage import redact_url
+        from tuner.core.redact import redact
 
-        error = redact_url(f"{type(exc).__name__}: {exc}")[:300]
+        error = redact(f"{type(exc).__name__}: {exc}")[:300]
     probe = trial.probe
     if probe is None:
         return ProbeOutcome(
@@ -358,8 +358,8 @@ def run_probe(
 def _probe_trial(
     optimizer: str, sf: StudyFile, device: str, start: float, stop: float
 ) -> _ProbeTrial:
-    from tuner.export import OptimizerConfig
-    from tuner.optim import get_optimizer
+    from tuner.catalog.export import OptimizerConfig
+    from tuner.catalog.optim import get_optimizer
 
     spec = get_optimizer(optimizer)
     config = OptimizerConfig(
@@ -411,7 +411,7 @@ class _ProbeTrial(Trial):
     def build_optimizer(self, params: Any, total_steps: int, *, fused: bool = False) -> Any:
         import torch
 
-        from tuner.export import build_optimizer
+        from tuner.catalog.export import build_optimizer
 
         optimizer, _ = build_optimizer(params, self.config, total_steps, fused=fused)
         self.total_steps = int(total_steps)

@@ -2,13 +2,13 @@
 
 The entries are data (``portfolio.yaml`` beside this module, each with its sources).
 :func:`portfolio_trials` adapts them to one study's search space and turns each into the Optuna
-parameters that :func:`tuner.space.sample_config` would draw for it, ready for
+parameters that :func:`tuner.config.space.sample_config` would draw for it, ready for
 ``study.enqueue_trial``. Enqueued through Optuna, they are ordinary trials that the sampler
 learns from.
 
 Example::
 
-    >>> from tuner.space import parse_search
+    >>> from tuner.config.space import parse_search
     >>> space = parse_search({"optimizers": ["adamw", "sgd"], "schedules": ["cosine"]})
     >>> [(name, params["optimizer"]) for name, params in portfolio_trials(space, {})]
     [('adamw-cosine', 'adamw'), ('sgd-cosine', 'sgd')]
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tuner.hparams import Choice, Domain, Fixed, HyperParam
-from tuner.optim import get_optimizer
-from tuner.schedules import WARMUP_HPARAMS, get_schedule
+from tuner.catalog.hparams import Choice, Domain, Fixed, HyperParam
+from tuner.catalog.optim import get_optimizer
+from tuner.catalog.schedules import WARMUP_HPARAMS, get_schedule
 
 if TYPE_CHECKING:
-    from tuner.space import SearchSpace
+    from tuner.config.space import SearchSpace
 
 __all__ = ["PORTFOLIO", "portfolio_trials"]
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tuner.optim import get_optimizer
+from tuner.catalog.optim import get_optimizer
 
 if TYPE_CHECKING:
     import torch

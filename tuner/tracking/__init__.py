@@ -23,13 +23,11 @@ from tuner.tracking._base import (
     TrialRecorder,
     flatten_params,
     safe_text,
-    study_results,
 )
 from tuner.tracking._relay import TRACK_EVENT, RelayRecorder, RelayTracker, TrackRelay
 
 if TYPE_CHECKING:
     from tuner.tracking._mlflow import MlflowRecorder, MlflowTracker
-    from tuner.tracking._sync import SyncReport, sync_study
 
 __all__ = [
     "HTTP_DEFAULTS",
@@ -43,23 +41,18 @@ __all__ = [
     "NullTracker",
     "RelayRecorder",
     "RelayTracker",
-    "SyncReport",
     "TrackRelay",
     "Tracker",
     "TrialRecorder",
     "flatten_params",
     "make_tracker",
     "safe_text",
-    "study_results",
-    "sync_study",
     "tracking_off",
 ]
 
 _LAZY = {
     "MlflowRecorder": "tuner.tracking._mlflow",
     "MlflowTracker": "tuner.tracking._mlflow",
-    "SyncReport": "tuner.tracking._sync",
-    "sync_study": "tuner.tracking._sync",
 }
 
 

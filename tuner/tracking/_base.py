@@ -3,17 +3,17 @@
 The runner never imports MLflow: it holds a :class:`Tracker` made by
 :func:`tuner.tracking.make_tracker` and a :class:`TrialRecorder` per trial. Every value that
 leaves tuner for a tracking backend goes through :func:`flatten_params` / :func:`safe_text`,
-which apply the one redaction function, :func:`tuner.redact.redact`.
+which apply the one redaction function, :func:`tuner.core.redact.redact`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from tuner.keys import ATTR, Outcome
-from tuner.redact import redact
+from tuner.core.keys import ATTR, Outcome
+from tuner.core.redact import redact
 
 __all__ = [
     "HTTP_DEFAULTS",
@@ -28,7 +28,6 @@ __all__ = [
     "check_outcome",
     "flatten_params",
     "safe_text",
-    "study_results",
 ]
 
 #: The Optuna study user attr that keeps the parent run id across processes and resumes.
@@ -98,63 +97,6 @@ def flatten_params(params: Mapping[str, object], *, prefix: str = "") -> dict[st
         else:
             flat[name] = safe_text(value, limit=_MAX_PARAM_VALUE)
     return flat
-
-
-def study_results(
-    summary: Any,
-) -> tuple[dict[str, float], dict[str, str], dict[str, str | bytes]]:
-    """The parent run's ``(metrics, tags, artifacts)`` for a :class:`~tuner.summary.StudySummary`.
-
-    Counts by outcome (``trials_complete``...), ``trials_finished``, the search's best as
-    ``search_best_value`` and ``search_best_trial`` (also under their names before the answer
-    led, ``best_value`` and ``best_trial``, so that dashboards and older runs still compare);
-    once replicates gave an answer, the recommended optimizer's ``answer_mean``,
-    ``answer_ci95_low``, ``answer_ci95_high``, ``answer_seconds_per_epoch`` and
-    ``answer_state_bytes``; the best configuration (the recommended one) as
-    ``best_config.yaml``; and, once replicates gave
-    an answer (docs/answer.md), ``answer.json`` with the answer as the run's description and tags.
-    Launch, worker and ``tuner sync`` all log the study's results through this one function.
-    """
-    import yaml
-
-    metrics = {f"trials_{k}": float(v) for k, v in summary.counts.items()}
-    metrics["trials_finished"] = float(summary.finished)
-    tags: dict[str, str] = {}
-    artifacts: dict[str, str | bytes] = {}
-    if summary.search_best_value is not None:
-        for prefix in ("search_", ""):
-            metrics[f"{prefix}best_value"] = float(summary.search_best_value)
-            metrics[f"{prefix}best_trial"] = float(summary.search_best_number or 0)
-    answer = getattr(summary, "answer", None)
-    recommended = answer.recommended if answer is not None else None
-    if recommended is not None and recommended.mean is not None:
-        # The runs table sorts and compares studies by what they concluded.
-        metrics["answer_mean"] = float(recommended.mean)
-        if recommended.ci95 is not None:
-            metrics["answer_ci95_low"] = float(recommended.ci95[0])
-            metrics["answer_ci95_high"] = float(recommended.ci95[1])
-        if recommended.seconds_per_epoch is not None:
-            metrics["answer_seconds_per_epoch"] = float(recommended.seconds_per_epoch)
-        if recommended.state_bytes is not None:
-            metrics["answer_state_bytes"] = float(recommended.state_bytes)
-    if summary.best_config is not None:
-        artifacts["best_config.yaml"] = yaml.safe_dump(summary.best_config, sort_keys=False)
-    if answer is not None and answer.finalists:
-        from tuner.compare import describe_answer
-
-        # The parent run leads with the answer: its description (MLflow's note) and a file.
-        artifacts["answer.json"] = answer.dumps()
-        tags["mlflow.note.content"] = describe_answer(answer)
-        tags["tuner.answer"] = answer.sentence()
-        tags["tuner.winner"] = answer.finalists[0].optimizer
-        if recommended is not None:
-            tags["tuner.recommended"] = recommended.optimizer
-    # What the pre-search phase found (tuner.search): the range test and the portfolio.
-    if getattr(summary, "range_test_epochs", None) is not None:
-        metrics["lr_range_test_epochs"] = float(summary.range_test_epochs)
-    if getattr(summary, "search_notes", None):
-        artifacts["search_setup.txt"] = "\n".join(summary.search_notes) + "\n"
-    return metrics, tags, artifacts
 
 
 @runtime_checkable

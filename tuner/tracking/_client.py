@@ -1,7 +1,7 @@
 """Synchronous helpers on ``MlflowClient``, run ids passed explicitly (docs/mlflow.md).
 
 Shared by the background tracker (:mod:`tuner.tracking._mlflow`, which calls them from its
-flusher thread) and ``tuner sync`` (:mod:`tuner.tracking._sync`, which calls them directly). The
+flusher thread) and ``tuner sync`` (:mod:`tuner.apps.sync`, which calls them directly). The
 fluent ``mlflow.*`` API is never used: its global active-run stack does not mix with threads and
 many workers.
 """
@@ -24,8 +24,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from tuner.errors import ConfigError
-from tuner.redact import redact
+from tuner.core.errors import ConfigError
+from tuner.core.redact import redact
 from tuner.tracking._base import safe_text
 from tuner.tracking._queue import MetricsOp, PermanentError
 

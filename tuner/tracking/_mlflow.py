@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from tuner.errors import TunerError
-from tuner.redact import redact
+from tuner.core.errors import TunerError
+from tuner.core.redact import redact
 from tuner.tracking._base import OUTCOME_STATUS, check_outcome, flatten_params
 from tuner.tracking._client import (
     Prober,

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tuner.redact import redact
+from tuner.core.redact import redact
 
 __all__ = ["CallOp", "Flusher", "MetricsOp", "PermanentError", "RunHandle"]
 

@@ -1,7 +1,8 @@
 """Tracking through ``tuner launch``: workers never import MLflow, the launch process sends.
 
 A worker under ``tuner launch`` already writes its trial events to the launch process on a pipe
-(:class:`tuner.supervisor.EventWriter`). Its tracker, a :class:`RelayTracker`, writes its records
+(:class:`tuner.launch.events.EventWriter`). Its tracker, a :class:`RelayTracker`, writes its
+records
 to the same pipe as ``{"event": "track", ...}`` lines, and the launch process replays them into
 its own :class:`~tuner.tracking.Tracker` (:class:`TrackRelay`). So each launch pays MLflow's
 start-up once (``import mlflow`` is about 2.7 s and opening a store about 1.3 s on our machines),

@@ -1,0 +1,1 @@
+"""The read-side commands' library code: ``tuner report`` (with its plots) and ``tuner sync``."""

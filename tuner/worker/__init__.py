@@ -1,0 +1,1 @@
+"""One worker: the trial loop and loading the user's objective."""
