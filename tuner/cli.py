@@ -7,25 +7,47 @@ configuration error (the study file, a flag, the objective path); 130 interrupte
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from tuner.core.errors import ConfigError, TunerError
 from tuner.core.redact import redact
+from tuner.tracking import HTTP_DEFAULTS
 
 if TYPE_CHECKING:
+    from tuner.config.studyfile import StudyFile
     from tuner.launch.supervisor import Stop
     from tuner.results.summary import StudySummary
 
 __all__ = ["cli", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Each command's library code, imported when the command runs (the one place cli imports
+# lazily): `tuner --help` and a mistyped command answer without loading Optuna, pydantic,
+# SQLAlchemy, matplotlib, MLflow or torch.
+_LIBRARY = {
+    "config": "tuner.config.studyfile",
+    "launch": "tuner.launch.launcher",
+    "worker": "tuner.launch.worker_main",
+    "status": "tuner.apps.status",
+    "best": "tuner.apps.best",
+    "report": "tuner.apps.report",
+    "sync": "tuner.apps.sync",
+}
+
+
+def _library(name: str) -> ModuleType:
+    return importlib.import_module(_LIBRARY[name])
+
 
 STUDY_ARG = click.argument(
     "study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False, path_type=Path)
@@ -66,8 +88,6 @@ def _setup_logging(quiet: bool = False) -> None:
     # MLflow sets its logger's level when it is imported (lazily, later), from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # Bounded MLflow requests (see HTTP_DEFAULTS); workers that launch starts inherit them.
-    from tuner.tracking import HTTP_DEFAULTS
-
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
     for name in ("mlflow", "alembic"):
@@ -88,12 +108,11 @@ class _RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-def _load(study_path: Path, *, trials: int | None = None, timeout: str | None = None) -> Any:
-    from tuner.config.studyfile import load_study_file, with_overrides
-
-    study_file = load_study_file(study_path)
+def _load(study_path: Path, *, trials: int | None = None, timeout: str | None = None) -> StudyFile:
+    config = _library("config")
+    study_file = config.load_study_file(study_path)
     if trials is not None or timeout is not None:
-        study_file = with_overrides(study_file, trials=trials, timeout=timeout)
+        study_file = config.with_overrides(study_file, trials=trials, timeout=timeout)
     return study_file
 
 
@@ -123,8 +142,7 @@ def launch(study_path: Path, trials: int | None, timeout: str | None, quiet: boo
     if not quiet:
         # At once: validating the file imports torch (the catalog), which takes seconds.
         _echo(f"tuner launch: checking {study_path.resolve()}")
-    from tuner.launch.launcher import launch as run_launch
-
+    run_launch = _library("launch").launch
     _setup_logging(quiet)
     study_file = _load(study_path, trials=trials, timeout=timeout)
 
@@ -164,8 +182,7 @@ def worker(
     quiet: bool,
 ) -> None:  # fmt: skip
     """Join the study in STUDY.yaml and run trials on one device until its budget is spent."""
-    from tuner.launch.worker_main import run_worker
-
+    run_worker = _library("worker").run_worker
     _setup_logging(quiet)
     if supervised_by is not None:
         import faulthandler
@@ -197,17 +214,8 @@ def worker(
 @_handle_errors
 def status(study_path: Path) -> None:
     """Trials by outcome, the best so far, and running trials with their worker and device."""
-    from tuner.db.trialdb import fail_stale_trials
-    from tuner.results.summary import summarize
-
     _setup_logging()
-    study_file = _load(study_path)
-    study = _load_existing_study(study_file, heartbeats=True)
-    # A trial whose worker died is failed here and queued again, so nothing stays RUNNING
-    # even when no worker is left; `tuner sync` then closes its MLflow run as KILLED.
-    fail_stale_trials(study)
-    summary = summarize(study, budget=study_file.budget.trials, compare=study_file.compare)
-    click.echo(summary.format())
+    click.echo(_library("status").status_text(_load(study_path)))
 
 
 @cli.command()
@@ -230,35 +238,10 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
     the winner, or the cheapest of those tied with it); with replicates off or not run yet, the
     best search trial's configuration.
     """
-    from tuner.catalog.export import OptimizerConfig
-    from tuner.catalog.render import render_torch_script
-    from tuner.core.keys import ATTR
-    from tuner.results.compare import compute_answer
-
     _setup_logging()
-    study_file = _load(study_path)
-    study = _load_existing_study(study_file)
-    answer = compute_answer(study, study_file.compare)
-    chosen = answer.recommended
-    if chosen is None:
-        raise TunerError(
-            f"study {study_file.name!r} has no complete trial yet",
-            hint="run `tuner launch` first, or `tuner status` to see how the trials went",
-        )
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == chosen.trial)
-    config = OptimizerConfig.from_dict(chosen.config)
-    total_steps = trial.user_attrs.get(ATTR.TOTAL_STEPS)
-    header = [f"{study_file.name}: {answer.sentence()}."]
-    if not isinstance(total_steps, int):
-        header.append("Its objective recorded no total_steps (it did not call build_optimizer).")
-        total_steps = 10_000
-    text = {
-        "yaml": lambda: f"# {answer.sentence()}\n" + config.to_yaml(),
-        "json": config.to_json,
-        "python": lambda: render_torch_script(config, total_steps=total_steps, header=header),
-    }[fmt]()
+    text, sentence = _library("best").best_text(_load(study_path), fmt)
     if fmt == "json":
-        _echo(answer.sentence())  # JSON has no comments: the answer goes to stderr
+        _echo(sentence)  # JSON has no comments: the answer goes to stderr
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
     else:
@@ -281,19 +264,10 @@ def best(study_path: Path, fmt: str, output: Path | None) -> None:
 @_handle_errors
 def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:
     """Plots and a summary of the study, also logged to its MLflow parent run."""
-    from tuner.apps.report import write_report
-    from tuner.core.filenames import safe_filename
-    from tuner.core.keys import ATTR
-    from tuner.tracking import make_tracker
-
+    report_app = _library("report")
     _setup_logging()
     study_file = _load(study_path)
-    study = _load_existing_study(study_file)
-    # The study name is any string (``../../x`` too): it becomes one plain path component.
-    out_dir = out_dir or Path("reports") / safe_filename(study_file.name)
-    written = write_report(
-        study, out_dir, budget=study_file.budget.trials, compare=study_file.compare
-    )
+    study, written = report_app.report_study_file(study_file, out_dir)
     if fmt == "json":
         click.echo(written.files["answer"].read_text(), nl=False)
     else:
@@ -302,39 +276,7 @@ def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:
         _echo(f"wrote {path}")
     for name, why in written.skipped.items():
         _echo(f"skipped {name}: {why}")
-    parent = study.user_attrs.get(ATTR.PARENT_RUN)
-    if study_file.mlflow.tracking_uri is None or parent is None:
-        _echo(
-            "not logged to MLflow: "
-            + (
-                "tracking is off"
-                if parent is None and study_file.mlflow.tracking_uri is None
-                else "the study has no MLflow parent run yet (run `tuner sync` first)"
-            )
-        )
-        return
-    tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
-    try:
-        tracker.open_study(
-            study_name=study_file.name,
-            experiment=study_file.mlflow.experiment,
-            study_yaml_text=study_file.raw_text,
-            tags={},
-            existing_parent_run_id=parent,
-        )
-        tracker.update_study(
-            metrics={},
-            artifacts={f"report/{p.name}": p.read_bytes() for p in written.files.values()},
-        )
-        tracker.end_study()
-    finally:
-        delivered = tracker.close(timeout=60.0)
-    if not delivered:
-        raise TunerError(
-            "the report could not be logged to MLflow (the tracking server did not answer)",
-            hint="the files are written locally; run `tuner report` again later",
-        )
-    _echo(f"logged to MLflow run {parent}")
+    _echo(report_app.log_report(study_file, study, written))
 
 
 @cli.command()
@@ -342,28 +284,9 @@ def report(study_path: Path, out_dir: Path | None, fmt: str) -> None:
 @_handle_errors
 def sync(study_path: Path) -> None:
     """Backfill MLflow from the study database: every trial missing or incomplete there."""
-    from tuner.apps.sync import sync_study
-    from tuner.db.storage import dialect_of
-
     _setup_logging()
     study_file = _load(study_path)
-    if study_file.mlflow.tracking_uri is None:
-        raise ConfigError(
-            "mlflow.tracking_uri: tracking is off in this study file, so there is "
-            "nothing to sync to, but got `off`"
-        )
-    study = _load_existing_study(study_file)
-    result = sync_study(
-        study, study_file.mlflow.tracking_uri,
-        experiment=study_file.mlflow.experiment, metric=study_file.metric,
-        study_yaml_text=study_file.raw_text, budget=study_file.budget.trials,
-        compare=study_file.compare,
-        tags={
-            "tuner.sampler": study_file.sampler.name,
-            "tuner.pruner": study_file.pruner.name,
-            "tuner.storage_dialect": dialect_of(study_file.storage),
-        },
-    )  # fmt: skip
+    result = _library("sync").sync_study_file(study_file)
     click.echo(
         f"synced study {study_file.name!r} to MLflow run {result.parent_run_id}: "
         f"{result.created} runs created, {result.completed} completed, "
@@ -371,13 +294,6 @@ def sync(study_path: Path) -> None:
         f"parent {'updated' if result.parent_updated else 'already up to date'}, "
         f"{result.parent_status}"
     )
-
-
-def _load_existing_study(study_file: Any, *, heartbeats: bool = False) -> Any:
-    from tuner.db.session import load_study
-
-    # Reading a study never creates one: a wrong folder is an error, not a new empty file.
-    return load_study(study_file, heartbeats=heartbeats)
 
 
 # Set by `launch` once its work is done: its exit code (see _skip_teardown).

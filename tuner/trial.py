@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from tuner.catalog.export import build_optimizer
 from tuner.core.keys import ATTR
 
 if TYPE_CHECKING:
@@ -117,7 +118,6 @@ class Trial:
         ``optimizer.step()``. ``fused=True`` builds Adam, AdamW and Yogi with one kernel per
         step when the parameters are on CUDA (the same update, faster); elsewhere it is ignored.
         """
-        from tuner.catalog.export import build_optimizer
 
         optimizer, scheduler = build_optimizer(params, self.config, total_steps, fused=fused)
         self._optimizer = optimizer

@@ -38,11 +38,18 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.apps import plots
+from tuner.catalog.export import build_optimizer, load_optimizer_config
+from tuner.catalog.schedules import warmup_steps
+from tuner.config.studyfile import CompareConfig, StudyFile
+from tuner.core.errors import TunerError
+from tuner.core.filenames import safe_filename
 from tuner.core.keys import ATTR, OUTCOMES, Outcome
+from tuner.db.session import load_study
+from tuner.results.compare import compute_answer, describe_answer, describe_config, is_replicate
 from tuner.results.summary import StudySummary, summarize
+from tuner.tracking import make_tracker
 
 if TYPE_CHECKING:
-    from tuner.config.studyfile import CompareConfig
     from tuner.results.compare import Answer
 
 __all__ = [
@@ -51,8 +58,10 @@ __all__ = [
     "OptimizerResult",
     "Report",
     "best_per_optimizer",
+    "log_report",
     "lr_curve",
     "param_importances",
+    "report_study_file",
     "write_report",
 ]
 
@@ -132,8 +141,6 @@ def write_report(
         ...                       Path("report"))                       # doctest: +SKIP
         >>> print(report.summary_text)                                  # doctest: +SKIP
     """
-    from tuner.config.studyfile import CompareConfig
-    from tuner.results.compare import compute_answer, is_replicate
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +253,6 @@ def best_per_optimizer(study: optuna.Study) -> list[OptimizerResult]:
         >>> [r.optimizer for r in best_per_optimizer(study)]           # doctest: +SKIP
         ['adamw', 'nesterov', 'adagrad']
     """
-    from tuner.results.compare import is_replicate
 
     # The search's trials: a replicate is never an optimizer's best trial (tuner.results.summary).
     trials = [t for t in study.get_trials(deepcopy=False) if not is_replicate(t)]
@@ -269,9 +275,6 @@ def lr_curve(config: Mapping[str, Any], total_steps: int, *, max_points: int = 5
         (0.0, 0.1, 2)
     """
     import torch
-
-    from tuner.catalog.export import build_optimizer, load_optimizer_config
-    from tuner.catalog.schedules import warmup_steps
 
     cfg = load_optimizer_config(config)
     dummy = torch.zeros(1, requires_grad=True)
@@ -810,7 +813,6 @@ def _plot_lr(curve: LrCurve, best: FrozenTrial, metric: str, summary: StudySumma
 
 
 def _describe_curve(curve: LrCurve, config: Mapping[str, Any]) -> str:
-    from tuner.results.compare import describe_config
 
     peak = int(np.argmax(curve.lrs))
     warmup = f" (the end of {curve.warmup_steps} warmup steps)" if curve.warmup_steps else ""
@@ -845,8 +847,6 @@ def _summary_markdown(
     metric, direction = summary.metric, summary.direction
     lines = [f"# Study `{summary.name}`", ""]
     if summary.answer is not None:
-        from tuner.results.compare import describe_answer
-
         lines += ["## The answer", "", describe_answer(summary.answer), ""]
     lines.append(f"- objective: {direction} `{metric}` ({_better_side(direction)})")
     budget = f" of a budget of {summary.budget}" if summary.budget is not None else ""
@@ -902,3 +902,54 @@ def _summary_markdown(
         else:
             lines.append(f"- {title}: not written ({skipped.get(name, 'not available')})")
     return "\n".join(lines) + "\n"
+
+
+def report_study_file(
+    study_file: StudyFile, out_dir: Path | None = None
+) -> tuple[optuna.Study, Report]:
+    """``tuner report``: the study's report, in ``out_dir`` (default ``reports/<study name>``)."""
+    study = load_study(study_file)
+    # The study name is any string (``../../x`` too): it becomes one plain path component.
+    out_dir = out_dir or Path("reports") / safe_filename(study_file.name)
+    report = write_report(
+        study, out_dir, budget=study_file.budget.trials, compare=study_file.compare
+    )
+    return study, report
+
+
+def log_report(study_file: StudyFile, study: optuna.Study, written: Report) -> str:
+    """Log the report's files to the study's MLflow parent run; returns what to tell the user.
+
+    A study with tracking off, or without a parent run yet, is not logged (the files are
+    written locally either way); a tracking server that does not answer is an error.
+    """
+    parent = study.user_attrs.get(ATTR.PARENT_RUN)
+    if study_file.mlflow.tracking_uri is None or parent is None:
+        why = (
+            "tracking is off"
+            if parent is None and study_file.mlflow.tracking_uri is None
+            else "the study has no MLflow parent run yet (run `tuner sync` first)"
+        )
+        return f"not logged to MLflow: {why}"
+    tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
+    try:
+        tracker.open_study(
+            study_name=study_file.name,
+            experiment=study_file.mlflow.experiment,
+            study_yaml_text=study_file.raw_text,
+            tags={},
+            existing_parent_run_id=parent,
+        )
+        tracker.update_study(
+            metrics={},
+            artifacts={f"report/{p.name}": p.read_bytes() for p in written.files.values()},
+        )
+        tracker.end_study()
+    finally:
+        delivered = tracker.close(timeout=60.0)
+    if not delivered:
+        raise TunerError(
+            "the report could not be logged to MLflow (the tracking server did not answer)",
+            hint="the files are written locally; run `tuner report` again later",
+        )
+    return f"logged to MLflow run {parent}"

@@ -27,9 +27,12 @@ from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.core.errors import TunerError
+from tuner.config.studyfile import StudyFile
+from tuner.core.errors import ConfigError, TunerError
 from tuner.core.keys import ATTR
 from tuner.core.redact import redact
+from tuner.db.session import load_study
+from tuner.db.storage import dialect_of
 from tuner.results.summary import study_results, summarize
 from tuner.tracking._base import (
     OUTCOME_STATUS,
@@ -50,7 +53,7 @@ from tuner.tracking._client import (
     to_metric,
 )
 
-__all__ = ["SyncReport", "sync_study"]
+__all__ = ["SyncReport", "sync_study", "sync_study_file"]
 
 _log = logging.getLogger("tuner.tracking")
 
@@ -403,3 +406,23 @@ def _complete(client: MlflowClient, run: Run, expected: _Expected, metric: str) 
     if status_wrong:
         terminate_run(client, run_id, expected.status, expected.end_ms)
     return True
+
+
+def sync_study_file(study_file: StudyFile) -> SyncReport:
+    """``tuner sync``: backfill the study file's MLflow experiment from its study database."""
+    if study_file.mlflow.tracking_uri is None:
+        raise ConfigError(
+            "mlflow.tracking_uri: tracking is off in this study file, so there is "
+            "nothing to sync to, but got `off`"
+        )
+    return sync_study(
+        load_study(study_file), study_file.mlflow.tracking_uri,
+        experiment=study_file.mlflow.experiment, metric=study_file.metric,
+        study_yaml_text=study_file.raw_text, budget=study_file.budget.trials,
+        compare=study_file.compare,
+        tags={
+            "tuner.sampler": study_file.sampler.name,
+            "tuner.pruner": study_file.pruner.name,
+            "tuner.storage_dialect": dialect_of(study_file.storage),
+        },
+    )  # fmt: skip

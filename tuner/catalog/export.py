@@ -178,6 +178,8 @@ def build_optimizer(
         >>> scheduler.get_last_lr()
         [0.0]
     """
+    # Lazy: the scheduler is torch code, and the catalog is read without torch (tuner launch
+    # validates a study file without importing it).
     from tuner.catalog.schedules import build_scheduler
 
     config = load_optimizer_config(config)

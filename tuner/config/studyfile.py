@@ -42,6 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from tuner.config.objective_spec import split_objective_spec
+from tuner.config.space import SearchSpace, parse_search
 from tuner.core.durations import parse_duration
 from tuner.core.errors import ConfigError, ObjectiveError
 from tuner.core.redact import redact
@@ -394,7 +395,6 @@ class StudyFile(_Section):
     @field_validator("search", mode="before")
     @classmethod
     def _search(cls, value: Any) -> Any:
-        from tuner.config.space import SearchSpace, parse_search
 
         if isinstance(value, SearchSpace):
             return value

@@ -35,6 +35,8 @@ from tuner.core.keys import ATTR
 from tuner.core.redact import redact
 from tuner.db.storage import budget_lock, dialect_of, open_storage
 from tuner.db.trialdb import rdb_storage
+from tuner.sampling.registry import make_pruner, make_sampler
+from tuner.tracking import NullTracker, make_tracker
 
 if TYPE_CHECKING:
     from tuner.config.studyfile import StudyFile
@@ -96,7 +98,6 @@ def open_session(
 
 
 def _open_once(study_file: StudyFile, worker: int, tracking: bool) -> Session:
-    from tuner.tracking import NullTracker
 
     session: Session | None = None
     # A trial lost with its worker closes its MLflow run through whichever tracker is open then.
@@ -111,7 +112,6 @@ def _open_once(study_file: StudyFile, worker: int, tracking: bool) -> Session:
 
 
 def _open_tracking(study_file: StudyFile, study: optuna.Study) -> Tracker:
-    from tuner.tracking import NullTracker, make_tracker
 
     tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
     if isinstance(tracker, NullTracker):
@@ -156,7 +156,6 @@ def open_study(
     parallel workers never draw the same sequence; TPE gets tuner's settings for the
     conditional space (:mod:`tuner.sampling.sampler`).
     """
-    from tuner.sampling.registry import make_pruner, make_sampler
 
     study = optuna.create_study(
         storage=storage,
@@ -183,7 +182,6 @@ def load_study(study_file: StudyFile, *, heartbeats: bool = False) -> optuna.Stu
 
     With ``heartbeats`` the storage can fail trials whose workers died (``tuner status``).
     """
-    from tuner.tracking import NullTracker
 
     if heartbeats:
         storage = open_study_storage(study_file, NullTracker, create=False)

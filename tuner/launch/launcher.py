@@ -16,10 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tuner.config.objective_spec import is_file_spec, split_objective_spec
 from tuner.core.errors import ObjectiveError
 from tuner.core.redact import redact
 from tuner.db.session import open_session
+from tuner.launch.progress import Progress
+from tuner.launch.ray_backend import RayCluster, RaySupervisor
 from tuner.launch.slots import Slot, check_device, describe_slots, resolve_slots
+from tuner.launch.supervisor import Supervisor
 from tuner.results.summary import StudySummary, mlflow_view, summarize, update_parent_run
 
 if TYPE_CHECKING:
@@ -55,8 +59,6 @@ def launch(
     ``show``
     gets the summary as soon as it is known, while the workers' processes are still ending.
     """
-    from tuner.launch.progress import Progress
-    from tuner.launch.supervisor import Supervisor
 
     _check_objective_file(study_file)
     echo(
@@ -65,8 +67,6 @@ def launch(
     )
     cluster = None
     if study_file.workers.backend == "ray":
-        from tuner.launch.ray_backend import RayCluster, RaySupervisor
-
         cluster = RayCluster.connect(study_file)  # refuses what the cluster cannot run
         slots = cluster.slots
         echo(f"workers: {cluster.describe()}")
@@ -115,7 +115,6 @@ def launch(
 def _check_objective_file(study_file: StudyFile) -> None:
     """A missing objective file is an error before anything is created; importing the objective
     (and anything else about it) is left to the workers: this process runs no user code."""
-    from tuner.config.objective_spec import is_file_spec, split_objective_spec
 
     target, _ = split_objective_spec(study_file.objective)
     if not is_file_spec(target):

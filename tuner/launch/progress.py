@@ -18,7 +18,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.db.trialdb import count_states
-from tuner.results.summary import format_duration
+from tuner.results.compare import is_replicate, replicate_counts
+from tuner.results.summary import format_duration, summarize
 
 if TYPE_CHECKING:
     from tuner.config.studyfile import StudyFile
@@ -164,7 +165,6 @@ def _finished(study: optuna.Study, budget: int) -> tuple[int, int]:
     done = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
     if done <= budget:
         return done, 0
-    from tuner.results.compare import replicate_counts
 
     reps = replicate_counts(study)
     replicates = reps.get(TrialState.COMPLETE, 0) + reps.get(TrialState.PRUNED, 0)
@@ -175,7 +175,6 @@ def _best(study: optuna.Study, study_file: StudyFile, replicates: int) -> str:
     """The best, as the summary tells it (:mod:`tuner.results.summary`): the best search trial while
     the search runs (a search value, when replicates will follow), then the answer's
     recommendation with its replicate mean; never a replicate trial."""
-    from tuner.results.compare import is_replicate
 
     try:
         best = study.best_trial  # one query; replicates only exist after the search
@@ -184,7 +183,6 @@ def _best(study: optuna.Study, study_file: StudyFile, replicates: int) -> str:
     if replicates == 0 and not is_replicate(best):
         label = "best search value" if study_file.compare.seeds else "best"
         return f"{label} {best.value:.6g} (trial {best.number})"
-    from tuner.results.summary import summarize
 
     summary = summarize(study, compare=study_file.compare)
     if summary.best_value is None:

@@ -44,7 +44,7 @@ from optuna.trial import TrialState
 from tuner.core.keys import ATTR, Outcome
 from tuner.db.trialdb import budget_counts, fail_stale_trials, heartbeat_interval
 from tuner.launch.events import WORKER_INDEX_ENV
-from tuner.results.compare import REPLICATE_ATTR
+from tuner.results.compare import REPLICATE_ATTR, replicate_counts
 from tuner.tracking import TRACK_EVENT, TrackRelay
 from tuner.worker.runner import DEADLINE_GRACE, timed_out_reason
 
@@ -436,7 +436,6 @@ class Supervisor:
 
     def _tally(self) -> tuple[dict[TrialState, int], int, int, int]:
         """Trials by state, failures, finished search trials and finished replicates."""
-        from tuner.results.compare import replicate_counts
 
         counts, failed = budget_counts(self.study)
         finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)

@@ -68,6 +68,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.core.keys import ATTR
+from tuner.db.trialdb import rdb_storage
 
 if TYPE_CHECKING:
     from tuner.config.studyfile import CompareConfig
@@ -168,7 +169,6 @@ def finalists(trials: Sequence[FrozenTrial], direction: str, n: int) -> list[Fro
 
 def replicate_counts(study: optuna.Study) -> dict[TrialState, int]:
     """The study's replicate trials by state, counted in the database when it is one."""
-    from tuner.db.trialdb import rdb_storage
 
     storage = rdb_storage(study)
     if storage is None:

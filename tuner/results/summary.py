@@ -19,7 +19,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.core.keys import ATTR
 from tuner.core.redact import redact
-from tuner.results.compare import Answer, compute_answer, describe_answer, is_replicate
+from tuner.results.compare import (
+    Answer,
+    compute_answer,
+    describe_answer,
+    format_bytes,
+    is_replicate,
+)
 from tuner.search import PORTFOLIO_ATTR, RANGE_TEST_ATTR, describe_range_test
 
 if TYPE_CHECKING:
@@ -128,7 +134,6 @@ class StudySummary:
                 f"({answer.seeds} seeds x {len(answer.finalists)} finalists, not in the "
                 f"budget), {format_duration(answer.replicate_seconds)} of training"
             )
-            from tuner.results.compare import format_bytes
 
             lines.append(
                 f"    {'finalist':<12}{'mean':>10}{'95% interval':>24}{'tier':>6}"

@@ -27,8 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from tuner.catalog.export import OptimizerConfig, build_optimizer
 from tuner.catalog.hparams import Range
+from tuner.catalog.optim import get_optimizer
 from tuner.core.keys import ATTR
+from tuner.core.redact import redact
 from tuner.search._portfolio import portfolio_trials
 from tuner.search._range_test import (
     SIGNALS,
@@ -323,8 +326,6 @@ def run_probe(
         if trial.probe is not None and trial.probe.lrs:
             trial.probe.finish(diverged=True)
     except Exception as exc:  # the objective cannot run the probe: the catalog range stays
-        from tuner.core.redact import redact
-
         error = redact(f"{type(exc).__name__}: {exc}")[:300]
     probe = trial.probe
     if probe is None:
@@ -358,8 +359,6 @@ def run_probe(
 def _probe_trial(
     optimizer: str, sf: StudyFile, device: str, start: float, stop: float
 ) -> _ProbeTrial:
-    from tuner.catalog.export import OptimizerConfig
-    from tuner.catalog.optim import get_optimizer
 
     spec = get_optimizer(optimizer)
     config = OptimizerConfig(
@@ -410,8 +409,6 @@ class _ProbeTrial(Trial):
 
     def build_optimizer(self, params: Any, total_steps: int, *, fused: bool = False) -> Any:
         import torch
-
-        from tuner.catalog.export import build_optimizer
 
         optimizer, _ = build_optimizer(params, self.config, total_steps, fused=fused)
         self.total_steps = int(total_steps)

@@ -29,6 +29,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from tuner.catalog.export import OptimizerConfig
+from tuner.config.space import sample_config
+from tuner.core.durations import format_duration
 from tuner.core.errors import StorageFailure
 from tuner.core.keys import ATTR, OUTCOMES, Outcome
 from tuner.core.redact import redact
@@ -42,7 +45,9 @@ from tuner.db.trialdb import (
     set_user_attrs,
     tell,
 )
+from tuner.results import compare
 from tuner.results.compare import REPLICATE_ATTR
+from tuner.search import prepare_search
 from tuner.trial import Trial, TrialDiverged
 
 if TYPE_CHECKING:
@@ -197,7 +202,6 @@ class Worker:
 
     def _prepare_search(self) -> SearchSpace:
         """The range test and the portfolio (:mod:`tuner.search`), once per study."""
-        from tuner.search import prepare_search
 
         budget = self.study_file.budget
         counts, _ = budget_counts(self.study)
@@ -327,7 +331,6 @@ class Worker:
         "wait" (search trials or replicates still running elsewhere) or "budget" (nothing
         left to run). Called under the budget lock, so no two workers enqueue the same one.
         """
-        from tuner.results import compare
 
         sf = self.study_file
         reps = compare.replicate_counts(self.study)
@@ -361,7 +364,6 @@ class Worker:
 
     def _run_trial(self, ot: optuna.Trial) -> TrialResult:
         """Run one reserved trial: announce it, prepare it, call the objective, record it."""
-        from tuner.results import compare
 
         started = time.monotonic()
         # Where the trial runs goes with its first heartbeat, in one commit, before sampling: a
@@ -426,8 +428,6 @@ class Worker:
     ) -> Trial:
         """Sample the configuration (or take a finalist's, for a replicate), open the trial's
         MLflow run, seed: the objective's input."""
-        from tuner.catalog.export import OptimizerConfig
-        from tuner.config.space import sample_config
 
         sf = self.study_file
         if replicate is None:
@@ -608,7 +608,6 @@ def _failure(exc: BaseException, prefix: str = "") -> _Ending:
 
 def timed_out_reason(seconds: float) -> str:
     """The reason recorded for a trial stopped by ``budget.trial_timeout``."""
-    from tuner.core.durations import format_duration
 
     return f"timed out after {format_duration(seconds)} (budget.trial_timeout)"
 

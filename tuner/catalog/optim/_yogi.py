@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -110,10 +111,8 @@ class Yogi(Optimizer):
             if group["fused"]:
                 # Checked here, like torch's fused Adam: the error comes where the optimizer is
                 # built, not at the first step.
-                from tuner.catalog.optim._yogi_fused import check_fused_param
-
                 for p in group["params"]:
-                    check_fused_param(p)
+                    _fused().check_fused_param(p)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -183,9 +182,7 @@ class Yogi(Optimizer):
             state_steps: list[Tensor] = []
             self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, state_steps)
             if group["fused"] and self._fused_tables is None:
-                from tuner.catalog.optim._yogi_fused import FusedTables
-
-                self._fused_tables = FusedTables()
+                self._fused_tables = _fused().FusedTables()
             beta1, beta2 = group["betas"]
             yogi(
                 params,
@@ -249,9 +246,7 @@ def yogi(
     if fused:
         if foreach:
             raise ValueError("`fused` and `foreach` cannot be `True` together.")
-        from tuner.catalog.optim._yogi_fused import fused_yogi
-
-        fused_yogi(
+        _fused().fused_yogi(
             params,
             grads,
             exp_avgs,
@@ -481,3 +476,11 @@ def _views_of(flat: Tensor, tensors: list[Tensor]) -> list[Tensor]:
         views.append(flat[offset : offset + t.numel()].view(t.shape))
         offset += t.numel()
     return views
+
+
+def _fused() -> ModuleType:
+    """The fused kernel's module, imported on first use: it imports Triton, which takes seconds
+    and is only there with torch's CUDA builds (and the test extra)."""
+    from tuner.catalog.optim import _yogi_fused
+
+    return _yogi_fused

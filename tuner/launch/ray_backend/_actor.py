@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.core.errors import ConfigError, TunerError
 from tuner.core.redact import redact
 from tuner.launch.events import WORKER_INDEX_ENV
+from tuner.launch.worker_main import run_worker
 
 if TYPE_CHECKING:
     from tuner.config.studyfile import StudyFile
@@ -108,7 +109,6 @@ class TunerWorker:
         cannot be loaded, the storage cannot be reached): launch reports it like a local
         worker's exit code.
         """
-        from tuner.launch.worker_main import run_worker
 
         # The loop numbers its sampler seed from this, as a local worker does.
         os.environ[WORKER_INDEX_ENV] = str(index)
