@@ -32,9 +32,9 @@ import optuna
 
 from tuner.core.errors import ConfigError, StorageError, TunerError
 from tuner.core.keys import ATTR
+from tuner.core.private_api import rdb_storage
 from tuner.core.redact import redact
 from tuner.db.storage import budget_lock, dialect_of, open_storage
-from tuner.db.trialdb import rdb_storage
 from tuner.sampling.registry import make_pruner, make_sampler
 from tuner.tracking import NullTracker, make_tracker
 

@@ -23,6 +23,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import optuna
@@ -32,6 +33,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.core.errors import StorageError, StorageFailure
+from tuner.core.private_api import RetriedPrivateMethods, optuna_stale_trial_ids, optuna_tables
 from tuner.core.redact import redact
 
 __all__ = [
@@ -195,15 +197,16 @@ def retry(
 _retry_depth = threading.local()
 
 
-class RetryingRDBStorage(RDBStorage):
+class RetryingRDBStorage(RetriedPrivateMethods, RDBStorage):
     """Optuna's ``RDBStorage`` whose every database call is retried on transient errors.
 
     Optuna's study loop calls the storage itself, so retries belong here rather than around
     ``study.ask``/``study.tell``: a PostgreSQL restart mid-study then costs a pause, not a trial.
-    Every method Optuna calls is covered, including the private ones its ``_CachedStorage``
-    uses; nested calls are retried once, by the outermost call. A write whose commit reached the
-    server just as the connection died may be applied twice on retry; finishing a trial is made
-    idempotent, the rest is left to that rare case. Build it with :func:`open_storage`.
+    Every method Optuna calls is covered, including the private ones its cache and ``Study``
+    call (:class:`tuner.core.private_api.RetriedPrivateMethods`); nested calls are retried
+    once, by the outermost call. A write whose commit reached the server just as the connection
+    died may be applied twice on retry; finishing a trial is made idempotent, the rest is left
+    to that rare case. Build it with :func:`open_storage`.
     """
 
     retry_attempts: int = DEFAULT_ATTEMPTS
@@ -257,14 +260,8 @@ class RetryingRDBStorage(RDBStorage):
     def create_new_trial(self, *args: Any, **kwargs: Any) -> int:
         return self._retry(RDBStorage.create_new_trial, *args, **kwargs)
 
-    def _create_new_trial(self, *args: Any, **kwargs: Any) -> FrozenTrial:
-        return self._retry(RDBStorage._create_new_trial, *args, **kwargs)
-
     def set_trial_param(self, *args: Any, **kwargs: Any) -> None:
         return self._retry(RDBStorage.set_trial_param, *args, **kwargs)
-
-    def _set_trial_param(self, *args: Any, **kwargs: Any) -> None:
-        return self._retry(RDBStorage._set_trial_param, *args, **kwargs)
 
     def get_trial_param(self, *args: Any, **kwargs: Any) -> float:
         return self._retry(RDBStorage.get_trial_param, *args, **kwargs)
@@ -313,24 +310,16 @@ class RetryingRDBStorage(RDBStorage):
     def get_all_trials(self, *args: Any, **kwargs: Any) -> list[FrozenTrial]:
         return self._retry(RDBStorage.get_all_trials, *args, **kwargs)
 
-    def _get_trials(self, *args: Any, **kwargs: Any) -> list[FrozenTrial]:
-        return self._retry(RDBStorage._get_trials, *args, **kwargs)
-
-    def _get_best_trial_id(self, *args: Any, **kwargs: Any) -> int:
-        return self._retry(RDBStorage._get_best_trial_id, *args, **kwargs)
-
     def get_best_trial(self, *args: Any, **kwargs: Any) -> FrozenTrial:
         return self._retry(RDBStorage.get_best_trial, *args, **kwargs)
 
     def record_heartbeat(self, *args: Any, **kwargs: Any) -> None:
         return self._retry(RDBStorage.record_heartbeat, *args, **kwargs)
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        def stale(storage: RDBStorage) -> list[int]:
-            ids = RDBStorage._get_stale_trial_ids(storage, study_id)
-            return ids + [i for i in _orphaned_trial_ids(storage, study_id) if i not in ids]
-
-        return self._retry(stale)
+    def stale_trial_ids(self, storage: RDBStorage, study_id: int) -> list[int]:
+        """Optuna's stale trials, and RUNNING trials that never recorded a heartbeat."""
+        ids = optuna_stale_trial_ids(storage, study_id)
+        return ids + [i for i in _orphaned_trial_ids(storage, study_id) if i not in ids]
 
 
 def _orphaned_trial_ids(storage: RDBStorage, study_id: int) -> list[int]:
@@ -340,14 +329,9 @@ def _orphaned_trial_ids(storage: RDBStorage, study_id: int) -> list[int]:
     (its database write failed: a full disk) and then died leaves a trial that Optuna's stale
     check never sees, and that would stay RUNNING forever, holding a slot of the budget.
     """
-    from datetime import datetime, timedelta
-
-    from optuna.storages._rdb import models
-
     assert storage.heartbeat_interval is not None
     grace = storage.grace_period or 2 * storage.heartbeat_interval
-    trials = models.TrialModel.__table__
-    beats = models.TrialHeartbeatModel.__table__
+    trials, _, beats = optuna_tables()
     query = sqlalchemy.select(trials.c.trial_id, trials.c.datetime_start).where(
         trials.c.study_id == study_id,
         trials.c.state == TrialState.RUNNING,

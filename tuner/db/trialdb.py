@@ -10,56 +10,49 @@ by loading trials, so its cost stays flat as the study grows.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tuner.core.keys import ATTR, Outcome
+from tuner.core.private_api import (
+    optuna_tables,
+    private_tell,
+    rdb_storage,
+    remember_user_attrs,
+    state_of,
+    study_id,
+    study_storage,
+    trial_id,
+)
 from tuner.db.storage import DEFAULT_ATTEMPTS, retry, stale_check_lock, storage_errors
 
 __all__ = [
-    "OUTCOME_ATTR",
     "TrialHeartbeat",
     "budget_counts",
     "count_outcome",
     "count_states",
     "fail_stale_trials",
     "heartbeat_interval",
-    "rdb_storage",
     "set_user_attrs",
     "tell",
 ]
 
 log = logging.getLogger("tuner")
 
-OUTCOME_ATTR = ATTR.OUTCOME
 
-
-def _find_private_tell() -> Callable[..., Any] | None:
-    """Optuna's internal tell (what ``Study.tell`` and ``Study.optimize`` call), if it has the
-    expected signature; else None and the public ``Study.tell`` is used."""
-    try:
-        from optuna.study._tell import _tell_with_warning
-    except ImportError:  # pragma: no cover - another Optuna layout
-        return None
-    wanted = {"study", "trial", "value_or_values", "state"}
-    return (
-        _tell_with_warning
-        if wanted <= set(inspect.signature(_tell_with_warning).parameters)
-        else None
-    )
-
-
-_PRIVATE_TELL = _find_private_tell()
+_PRIVATE_TELL = private_tell()
 
 
 def set_user_attrs(ot: optuna.Trial, attrs: Mapping[str, Any], *, heartbeat: bool = False) -> None:
@@ -82,52 +75,41 @@ def set_user_attrs(ot: optuna.Trial, attrs: Mapping[str, Any], *, heartbeat: boo
         for key, value in attrs.items():
             ot.set_user_attr(key, value)
         if heartbeat and heartbeat_interval(ot.study) is not None:
-            ot.study._storage.record_heartbeat(ot._trial_id)
+            study_storage(ot.study).record_heartbeat(trial_id(ot))
         return
-    from optuna.storages._rdb import models
-    from sqlalchemy import func, select
-
-    if storage.engine.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
-    trial_id = ot._trial_id
-    trials = models.TrialModel.__table__
-    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+    insert = sqlite_insert if storage.engine.dialect.name == "sqlite" else postgresql_insert
+    number = trial_id(ot)
+    trials, attributes, heartbeats = optuna_tables()
+    rows = [{"trial_id": number, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
 
     def write() -> None:
         # Statements on Optuna's tables as its own upserts write them, in one transaction: the
         # trial's state is read once and every attribute goes in one statement.
         with storage.engine.begin() as conn:
             state = conn.execute(
-                select(trials.c.state).where(trials.c.trial_id == trial_id)
+                select(trials.c.state).where(trials.c.trial_id == number)
             ).scalar_one()
-            storage.check_trial_is_updatable(trial_id, state)  # never touch a finished trial
+            storage.check_trial_is_updatable(number, state)  # never touch a finished trial
             if rows:
-                table = models.TrialUserAttributeModel.__table__
-                upsert = insert(table).values(rows)
+                upsert = insert(attributes).values(rows)
                 conn.execute(
                     upsert.on_conflict_do_update(
-                        index_elements=[table.c.trial_id, table.c.key],
+                        index_elements=[attributes.c.trial_id, attributes.c.key],
                         set_={"value_json": upsert.excluded.value_json},
                     )
                 )
             if heartbeat:  # stamped by the server's clock, as record_heartbeat does
-                table = models.TrialHeartbeatModel.__table__
                 conn.execute(
-                    insert(table)
-                    .values(trial_id=trial_id, heartbeat=func.now())
+                    insert(heartbeats)
+                    .values(trial_id=number, heartbeat=func.now())
                     .on_conflict_do_update(
-                        index_elements=[table.c.trial_id], set_={"heartbeat": func.now()}
+                        index_elements=[heartbeats.c.trial_id], set_={"heartbeat": func.now()}
                     )
                 )
 
     with storage_errors(str(storage.url)):  # a full disk says so, not Optuna's boilerplate
         retry(write, attempts=getattr(storage, "retry_attempts", DEFAULT_ATTEMPTS))
-    # Trial.user_attrs reads Optuna's per-trial cache, which set_user_attr keeps current.
-    cached = getattr(ot, "_cached_frozen_trial", None)
-    if cached is not None:
-        cached.user_attrs.update(attrs)
+    remember_user_attrs(ot, attrs)  # Trial.user_attrs reads a cache of Optuna's
 
 
 class TrialHeartbeat:
@@ -202,7 +184,7 @@ class TrialHeartbeat:
 
     def _beat(self) -> None:
         assert self._interval is not None
-        number, storage = self._trial.number, self._trial.study._storage
+        number, storage = self._trial.number, study_storage(self._trial.study)
         next_beat = self._next_beat
         while True:
             with self._lock:
@@ -223,7 +205,7 @@ class TrialHeartbeat:
             now = time.monotonic()
             if now >= next_beat:
                 try:
-                    storage.record_heartbeat(self._trial._trial_id)
+                    storage.record_heartbeat(trial_id(self._trial))
                 except Exception as exc:  # the next beat tries again
                     log.warning("trial %d: recording a heartbeat failed: %s", number, exc)
                 next_beat = time.monotonic() + self._interval
@@ -249,7 +231,7 @@ def tell(
 
 
 def heartbeat_interval(study: optuna.Study) -> int | None:
-    getter = getattr(study._storage, "get_heartbeat_interval", None)
+    getter = getattr(study_storage(study), "get_heartbeat_interval", None)
     return getter() if getter is not None else None
 
 
@@ -262,22 +244,31 @@ def budget_counts(study: optuna.Study) -> tuple[dict[TrialState, int], int]:
     storage = rdb_storage(study)
     if storage is None:
         return count_states(study), count_outcome(study, Outcome.FAILED.value)
-    from sqlalchemy import text
-
-    query = text(
-        "SELECT state, COUNT(*), ("
-        "SELECT COUNT(*) FROM trials f JOIN trial_user_attributes a ON a.trial_id = f.trial_id "
-        "WHERE f.study_id = :sid AND f.state = 'FAIL' AND a.key = :key AND a.value_json = :val"
-        ") FROM trials WHERE study_id = :sid GROUP BY state"
+    trials, attributes, _ = optuna_tables()
+    failed = trials.alias("f")
+    failures = (
+        select(func.count())
+        .select_from(failed.join(attributes, attributes.c.trial_id == failed.c.trial_id))
+        .where(
+            failed.c.study_id == study_id(study),
+            failed.c.state == TrialState.FAIL,
+            attributes.c.key == ATTR.OUTCOME,
+            attributes.c.value_json == json.dumps(Outcome.FAILED.value),
+        )
+        .scalar_subquery()
     )
-    params = {"sid": study._study_id, "key": OUTCOME_ATTR, "val": json.dumps(Outcome.FAILED.value)}
+    query = (
+        select(trials.c.state, func.count(), failures)
+        .where(trials.c.study_id == study_id(study))
+        .group_by(trials.c.state)
+    )
 
     def count() -> list[Any]:
         with storage.engine.connect() as conn:
-            return list(conn.execute(query, params).all())
+            return list(conn.execute(query).all())
 
     rows = retry(count, attempts=getattr(storage, "retry_attempts", DEFAULT_ATTEMPTS))
-    counts = {TrialState[str(state).split(".")[-1]]: n for state, n, _ in rows}
+    counts = {state_of(state): n for state, n, _ in rows}
     return counts, int(rows[0][2]) if rows else 0
 
 
@@ -289,14 +280,15 @@ def count_states(study: optuna.Study) -> dict[TrialState, int]:
         for t in study.get_trials(deepcopy=False):
             counts[t.state] = counts.get(t.state, 0) + 1
         return counts
-    from sqlalchemy import text
-
+    trials, _, _ = optuna_tables()
+    query = (
+        select(trials.c.state, func.count())
+        .where(trials.c.study_id == study_id(study))
+        .group_by(trials.c.state)
+    )
     with storage.engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"),
-            {"sid": study._study_id},
-        ).all()
-    return {TrialState[str(state).split(".")[-1]]: n for state, n in rows}
+        rows = conn.execute(query).all()
+    return {state_of(state): n for state, n in rows}
 
 
 def count_outcome(study: optuna.Study, outcome: str) -> int:
@@ -304,21 +296,20 @@ def count_outcome(study: optuna.Study, outcome: str) -> int:
     storage = rdb_storage(study)
     if storage is None:
         return sum(
-            1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get(OUTCOME_ATTR) == outcome
+            1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ATTR.OUTCOME) == outcome
         )
-    from sqlalchemy import text
-
+    trials, attributes, _ = optuna_tables()
+    query = (
+        select(func.count())
+        .select_from(attributes.join(trials, attributes.c.trial_id == trials.c.trial_id))
+        .where(
+            trials.c.study_id == study_id(study),
+            attributes.c.key == ATTR.OUTCOME,
+            attributes.c.value_json == json.dumps(outcome),
+        )
+    )
     with storage.engine.connect() as conn:
-        return int(
-            conn.execute(
-                text(
-                    "SELECT COUNT(*) FROM trial_user_attributes a JOIN trials t "
-                    "ON a.trial_id = t.trial_id WHERE t.study_id = :sid AND a.key = :key "
-                    "AND a.value_json = :val"
-                ),
-                {"sid": study._study_id, "key": OUTCOME_ATTR, "val": json.dumps(outcome)},
-            ).scalar_one()
-        )
+        return int(conn.execute(query).scalar_one())
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -336,9 +327,3 @@ def fail_stale_trials(study: optuna.Study) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-
-
-def rdb_storage(study: optuna.Study) -> Any:
-    storage = study._storage
-    inner = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
-    return inner if isinstance(inner, optuna.storages.RDBStorage) else None

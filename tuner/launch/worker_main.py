@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tuner.core.errors import StorageFailure
+from tuner.core.private_api import rdb_storage
 from tuner.db.session import open_session
 from tuner.db.storage import warn_if_sqlite_shared
-from tuner.db.trialdb import rdb_storage
 from tuner.launch.events import WORKER_INDEX_ENV, EventWriter
 from tuner.launch.progress import result_line
 from tuner.launch.slots import check_device, resolve_slots

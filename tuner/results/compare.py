@@ -66,9 +66,10 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import func, select
 
 from tuner.core.keys import ATTR
-from tuner.db.trialdb import rdb_storage
+from tuner.core.private_api import optuna_tables, rdb_storage, state_of, study_id
 
 if TYPE_CHECKING:
     from tuner.config.studyfile import CompareConfig
@@ -177,18 +178,16 @@ def replicate_counts(study: optuna.Study) -> dict[TrialState, int]:
             if is_replicate(t):
                 counts[t.state] = counts.get(t.state, 0) + 1
         return counts
-    from sqlalchemy import text
-
+    trials, attributes, _ = optuna_tables()
+    query = (
+        select(trials.c.state, func.count())
+        .select_from(trials.join(attributes, attributes.c.trial_id == trials.c.trial_id))
+        .where(trials.c.study_id == study_id(study), attributes.c.key == ATTR.REPLICATE)
+        .group_by(trials.c.state)
+    )
     with storage.engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT t.state, COUNT(*) FROM trials t JOIN trial_user_attributes a "
-                "ON a.trial_id = t.trial_id WHERE t.study_id = :sid AND a.key = :key "
-                "GROUP BY t.state"
-            ),
-            {"sid": study._study_id, "key": REPLICATE_ATTR},
-        ).all()
-    return {TrialState[str(state).split(".")[-1]]: n for state, n in rows}
+        rows = conn.execute(query).all()
+    return {state_of(state): n for state, n in rows}
 
 
 def planned(

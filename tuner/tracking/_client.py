@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from tuner.core.errors import ConfigError
+from tuner.core.private_api import mlflow_run_store
 from tuner.core.redact import redact
 from tuner.tracking._base import safe_text
 from tuner.tracking._queue import MetricsOp, PermanentError
@@ -354,14 +355,12 @@ def log_artifacts(client: MlflowClient, run_id: str, artifacts: Mapping[str, str
 def terminate_run(client: MlflowClient, run_id: str, status: str, end_time: int | None) -> None:
     """End a run with ``status`` at ``end_time`` (ms).
 
-    A private API, on purpose: ``MlflowClient.set_terminated`` (the public way) also fetches the
-    run once more and prints "View run ... at <tracking URI>" for every run on a server (unless
-    told not to by an environment variable a library user may not have set), and
-    ``update_run`` leaves no end time. The store's ``update_run_info`` is the same write
-    without either; ``tests/test_tracking.py`` pins it, and the public call is the fallback.
+    Through the store's ``update_run_info`` where this MLflow has it
+    (:func:`tuner.core.private_api.mlflow_run_store` says why), else the public
+    ``set_terminated``.
     """
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    if store is None or not hasattr(store, "update_run_info"):
+    store = mlflow_run_store(client)
+    if store is None:
         client.set_terminated(run_id, status=status, end_time=end_time)
         return
     store.update_run_info(

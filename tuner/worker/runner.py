@@ -34,6 +34,7 @@ from tuner.config.space import sample_config
 from tuner.core.durations import format_duration
 from tuner.core.errors import StorageFailure
 from tuner.core.keys import ATTR, OUTCOMES, Outcome
+from tuner.core.private_api import rdb_storage, trial_id
 from tuner.core.redact import redact
 from tuner.db.storage import budget_lock, storage_errors
 from tuner.db.trialdb import (
@@ -41,7 +42,6 @@ from tuner.db.trialdb import (
     budget_counts,
     fail_stale_trials,
     heartbeat_interval,
-    rdb_storage,
     set_user_attrs,
     tell,
 )
@@ -370,7 +370,7 @@ class Worker:
         # worker that dies from here on leaves a trial that the stale check fails and retries.
         heartbeat = TrialHeartbeat(ot, self._where())
         heartbeat.start()
-        self._emit("start", number=ot.number, trial_id=ot._trial_id)
+        self._emit("start", number=ot.number, trial_id=trial_id(ot))
         replicate = compare.replicate_of(ot)
         trial: Trial | None = None
         try:
