@@ -22,13 +22,19 @@ Example::
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_before_delay,
+    wait_exponential,
+)
 
 from tuner.core.errors import ConfigError, StorageError, TunerError
 from tuner.core.keys import ATTR
@@ -84,17 +90,23 @@ def open_session(
     False the tracker tracks nothing until :meth:`Session.open_tracking` (``launch`` starts
     its workers first: importing MLflow and opening its store takes seconds).
     """
-    give_up = time.monotonic() + patience
-    wait = 1.0
-    while True:
-        try:
-            return _open_once(study_file, worker, tracking)
-        except StorageError as exc:
-            if not exc.transient or time.monotonic() + wait > give_up:
-                raise
-            log.warning("the study storage is not reachable yet (%s); retrying in %.0fs", exc, wait)
-            time.sleep(wait)
-            wait = min(wait * 2, 10.0)
+
+    def say(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "the study storage is not reachable yet (%s); retrying in %.0fs",
+            exc,
+            state.upcoming_sleep,
+        )
+
+    retrying = Retrying(
+        stop=stop_before_delay(patience),
+        wait=wait_exponential(multiplier=1.0, max=10.0),
+        retry=retry_if_exception(lambda exc: isinstance(exc, StorageError) and exc.transient),
+        before_sleep=say,
+        reraise=True,
+    )
+    return retrying(_open_once, study_file, worker, tracking)
 
 
 def _open_once(study_file: StudyFile, worker: int, tracking: bool) -> Session:

@@ -20,7 +20,6 @@ import random
 import re
 import sqlite3
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -31,6 +30,15 @@ import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from tuner.core.errors import StorageError, StorageFailure
 from tuner.core.private_api import RetriedPrivateMethods, optuna_stale_trial_ids, optuna_tables
@@ -174,23 +182,28 @@ def retry(
     """
     if attempts < 1:
         raise ValueError(f"`attempts >= 1` must hold, but got (attempts={attempts})")
-    wait = delay
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
-                raise
-            _logger.warning(
-                "transient storage error (attempt %d of %d), retrying in %.1fs: %s",
-                attempt,
-                attempts,
-                wait,
-                redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__),
-            )
-            time.sleep(wait * random.uniform(0.8, 1.2))
-            wait = min(wait * 2, max_delay)
-    raise AssertionError("unreachable")
+
+    def wait(state: RetryCallState) -> float:
+        return min(delay * 2 ** (state.attempt_number - 1), max_delay) * random.uniform(0.8, 1.2)
+
+    def say(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        _logger.warning(
+            "transient storage error (attempt %d of %d), retrying in %.1fs: %s",
+            state.attempt_number,
+            attempts,
+            state.upcoming_sleep,
+            redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__),
+        )
+
+    retrying = Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait,
+        retry=retry_if_exception(is_transient),
+        before_sleep=say,
+        reraise=True,  # the last transient error, and every other one, propagate unchanged
+    )
+    return retrying(fn)
 
 
 # How deep this thread is in RetryingRDBStorage calls: only the outermost call retries.
@@ -778,6 +791,10 @@ def _file_lock(
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+# Not the filelock package: these locks must be released by the kernel when their holder dies
+# (a killed worker must not hold the budget), and a try-lock must answer at once without
+# opening a second descriptor; filelock 4 falls back to a soft lock file on file systems
+# without flock, which outlives a killed process. fcntl.flock does exactly this, in 5 lines.
 def _try_flock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -789,22 +806,29 @@ def _try_flock(fd: int) -> bool:
 def _wait_for(acquire: Callable[[], bool], *, what: str, timeout: float) -> None:
     """Poll ``acquire`` until it succeeds; say what is waited for after a while, give up after
     ``timeout`` seconds with a StorageError instead of freezing every worker."""
-    started = time.monotonic()
-    notice = started + LOCK_NOTICE_AFTER
-    wait = 0.005
-    while not acquire():
-        now = time.monotonic()
-        if now - started >= timeout:
-            raise StorageError(
-                f"gave up after {timeout:.0f}s waiting for {what}: another process holds it",
-                hint="look for a stuck tuner process on this machine (`ps`), or remove the lock "
-                "holder; the lock is released when its process exits",
+    notice = LOCK_NOTICE_AFTER
+
+    def say(state: RetryCallState) -> None:
+        nonlocal notice
+        if state.seconds_since_start >= notice:
+            _logger.warning(
+                "waiting for %s, held by another process (%.0fs)", what, state.seconds_since_start
             )
-        if now >= notice:
-            _logger.warning("waiting for %s, held by another process (%.0fs)", what, now - started)
-            notice = now + 30.0
-        time.sleep(wait)
-        wait = min(wait * 2, 0.2)
+            notice = state.seconds_since_start + 30.0
+
+    retrying = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_exponential(multiplier=0.005, max=0.2),
+        retry=retry_if_result(lambda acquired: not acquired),
+        before_sleep=say,
+        retry_error_callback=lambda state: False,
+    )
+    if not retrying(acquire):
+        raise StorageError(
+            f"gave up after {timeout:.0f}s waiting for {what}: another process holds it",
+            hint="look for a stuck tuner process on this machine (`ps`), or remove the lock "
+            "holder; the lock is released when its process exits",
+        )
 
 
 @contextlib.contextmanager

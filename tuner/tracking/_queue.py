@@ -339,6 +339,9 @@ class Flusher:
                 self._thread.start()
 
     def _run(self) -> None:
+        # The flusher's own loop, not tenacity's: it is not one call retried until it succeeds
+        # but a thread that sleeps on a wake event (close(), new records), whose delay also
+        # shortens while close() drains and resets after every success.
         delay = self._interval
         backoff = self._interval
         while True:
