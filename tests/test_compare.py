@@ -25,8 +25,8 @@ from tests.conftest import REGRESSION
 from tests.test_launch import load, run
 from tuner.apps.report import write_report
 from tuner.config.studyfile import CompareConfig
+from tuner.core.keys import ATTR
 from tuner.results.compare import (
-    REPLICATE_ATTR,
     TEST_METHOD,
     Finalist,
     cheapest,
@@ -44,7 +44,7 @@ FIXED_SCHEDULE = {"schedules": ["constant"], "warmup": {"fraction": 0}}
 
 
 def replicates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.trials if REPLICATE_ATTR in t.user_attrs]
+    return [t for t in study.trials if ATTR.REPLICATE in t.user_attrs]
 
 
 def answer_of(path: Path) -> dict[str, Any]:
@@ -180,10 +180,10 @@ def test_a_resumed_launch_completes_the_replicates_exactly(make_study):
     interrupted = [t for t in replicates(study) if t.state == TrialState.FAIL]
     assert [t.user_attrs["tuner:outcome"] for t in interrupted] == ["interrupted"]
     complete = [t for t in replicates(study) if t.state == TrialState.COMPLETE]
-    keys = Counter((t.user_attrs[REPLICATE_ATTR]["of"], t.user_attrs[REPLICATE_ATTR]["index"])
+    keys = Counter((t.user_attrs[ATTR.REPLICATE]["of"], t.user_attrs[ATTR.REPLICATE]["index"])
                    for t in complete)  # fmt: skip
     assert len(keys) == 4 and set(keys.values()) == {1}  # each replicate once, none missing
-    search = [t for t in study.trials if REPLICATE_ATTR not in t.user_attrs]
+    search = [t for t in study.trials if ATTR.REPLICATE not in t.user_attrs]
     assert len([t for t in search if t.state == TrialState.COMPLETE]) == 5  # the budget held
     n = len(study.trials)
     assert run("launch", str(path))[0] == 0  # nothing is left to run
@@ -277,7 +277,7 @@ def test_the_mlflow_view_leads_with_the_answer(make_study, tmp_path):
     for t in study.trials:
         child = children[str(t.number)]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        record = t.user_attrs.get(REPLICATE_ATTR)
+        record = t.user_attrs.get(ATTR.REPLICATE)
         if record is not None:
             assert child.data.tags["tuner.seed"] == str(record["seed"])
             assert child.info.run_name == (
@@ -306,7 +306,7 @@ def assert_answer_metrics(
     assert metrics["answer_ci95_low"] <= metrics["answer_mean"] <= metrics["answer_ci95_high"]
     assert metrics["answer_seconds_per_epoch"] == pytest.approx(row["seconds_per_epoch"], rel=1e-3)
     assert row["state_bytes"] is not None and metrics["answer_state_bytes"] == row["state_bytes"]
-    search = [t for t in study.trials if REPLICATE_ATTR not in t.user_attrs]
+    search = [t for t in study.trials if ATTR.REPLICATE not in t.user_attrs]
     best = min((t for t in search if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert metrics["search_best_value"] == pytest.approx(best.value)
     assert metrics["search_best_trial"] == best.number
@@ -343,7 +343,7 @@ def test_tuner_sync_logs_the_answer_metrics_too(make_study, tmp_path):
     study = load(path)
     children = {r.data.tags["tuner.trial_number"]: r for r in runs if r is not parent}
     for t in replicates(study):
-        record = t.user_attrs[REPLICATE_ATTR]
+        record = t.user_attrs[ATTR.REPLICATE]
         tags = children[str(t.number)].data.tags
         assert (tags["tuner.replicate_of"], tags["tuner.seed"]) == (
             str(record["of"]),
@@ -563,7 +563,7 @@ def test_steps_to_target_against_a_hand_computed_value(tmp_path: Path) -> None:
                     value=curve[-1],
                     intermediate_values=dict(enumerate(curve)),
                     user_attrs={
-                        REPLICATE_ATTR: {
+                        ATTR.REPLICATE: {
                             "of": trial.number, "index": index,
                             "seed": replicate_seed(0, index),
                             "config": trial.user_attrs["tuner:config"],

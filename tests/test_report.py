@@ -21,6 +21,7 @@ from tuner.apps.report import (
     param_importances,
     write_report,
 )
+from tuner.core.keys import ATTR
 
 PLOTS = (
     "optimization_history",
@@ -123,8 +124,8 @@ def make_study(
 def add_replicates(study: optuna.Study, seeds: int, *, finalists: int = 3) -> None:
     """Replicates of the finalists as the runner records them: the finalist's configuration
     again, the value moved by per-seed noise (the same for every finalist, as shared seeds do)."""
-    from tuner.results.compare import REPLICATE_ATTR, replicate_seed
     from tuner.results.compare import finalists as pick
+    from tuner.results.compare import replicate_seed
 
     direction = study.direction.name.lower()
     for finalist in pick(study.get_trials(deepcopy=False), direction, finalists):
@@ -137,7 +138,7 @@ def add_replicates(study: optuna.Study, seeds: int, *, finalists: int = 3) -> No
                 optuna.trial.create_trial(
                     value=value,
                     user_attrs={
-                        REPLICATE_ATTR: {
+                        ATTR.REPLICATE: {
                             "of": finalist.number, "index": index, "seed": seed,
                             "config": finalist.user_attrs["tuner:config"],
                         },

@@ -26,10 +26,10 @@ from mlflow.entities import Run
 
 from tests.mlflow_server import MlflowServer, free_port
 from tuner.apps.sync import sync_study
+from tuner.core.keys import ATTR
 from tuner.launch.events import EventWriter
 from tuner.tracking import (
     HTTP_DEFAULTS,
-    PARENT_RUN_ATTR,
     MlflowTracker,
     RelayTracker,
     Tracker,
@@ -493,7 +493,7 @@ def test_sync_backfills_an_untracked_study_once(backend: Backend, experiment: st
     study = _untracked_study()
     first = sync_study(study, backend.uri, experiment=experiment, metric=METRIC)
     assert (first.created, first.completed, first.already_ok, first.skipped) == (5, 0, 0, 1)
-    assert study.user_attrs[PARENT_RUN_ATTR] == first.parent_run_id
+    assert study.user_attrs[ATTR.PARENT_RUN] == first.parent_run_id
 
     client = MlflowClient(backend.uri)
     runs = {r.info.run_name: r for r in children(client, experiment, first.parent_run_id)}
@@ -531,7 +531,7 @@ def test_sync_completes_what_the_tracker_could_not_deliver(
     study = optuna.create_study(study_name=experiment)
     tracker = MlflowTracker(backend.uri, experiment=experiment)
     parent = open_study(tracker, experiment)
-    study.set_user_attr(PARENT_RUN_ATTR, parent)
+    study.set_user_attr(ATTR.PARENT_RUN, parent)
     for number, delivered in enumerate((5, 2)):  # trial 1 lost its last reports and its end
         trial = study.ask()
         config = {"optimizer": "sgd", "lr": 0.01 * (number + 1)}

@@ -32,8 +32,9 @@ from optuna.trial import TrialState
 from tests.mlflow_server import MlflowServer
 from tuner.cli import cli
 from tuner.config.studyfile import load_study_file
+from tuner.core.keys import ATTR
 from tuner.db.storage import open_storage
-from tuner.tracking import PARENT_RUN_ATTR, flatten_params
+from tuner.tracking import flatten_params
 
 # Outcome by trial number: 0 complete, 1 pruned after a report, 2 diverged (a NaN report),
 # 3 failed (an exception). Three epochs; the learning rate is logged with every report.
@@ -188,7 +189,7 @@ def test_a_launched_study_has_one_parent_and_a_run_per_trial(
     path = tracked_study(make_study, tracking_uri, experiment, params={"note": "${TUNER_E2E_NOTE}"})
     invoke("launch", str(path))
     study = load(path)
-    parent_id = study.user_attrs[PARENT_RUN_ATTR]
+    parent_id = study.user_attrs[ATTR.PARENT_RUN]
     # 0 complete, 1 pruned, 2 diverged, 3 failed, 4 complete: four finished, the budget.
     outcomes = [t.user_attrs["tuner:outcome"] for t in study.trials]
     assert outcomes == [outcome_of(n) for n in range(5)]
@@ -198,7 +199,7 @@ def test_a_launched_study_has_one_parent_and_a_run_per_trial(
 
     invoke("launch", str(path), "--trials", "6")  # resumes: 5 pruned, 6 diverged
     study = load(path)
-    assert study.user_attrs[PARENT_RUN_ATTR] == parent_id
+    assert study.user_attrs[ATTR.PARENT_RUN] == parent_id
     assert len(study.trials) == 7
 
     client = MlflowClient(tracking_uri)

@@ -48,8 +48,6 @@ MIN_POINTS = 5
 # Points further than this many interquartile ranges outside the quartiles are off-scale.
 FENCE = 3.0
 
-_CONFIG = ATTR.CONFIG
-
 
 @dataclass(frozen=True)
 class ValueRange:
@@ -173,7 +171,7 @@ def note_off_scale(ax: Axes, count: int, value_range: ValueRange) -> None:
 
 
 def _config(t: FrozenTrial) -> Mapping[str, Any]:
-    return t.user_attrs.get(_CONFIG) or {}
+    return t.user_attrs.get(ATTR.CONFIG) or {}
 
 
 def _schedule(t: FrozenTrial) -> str:

@@ -29,14 +29,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config.studyfile import StudyFile
 from tuner.core.errors import ConfigError, TunerError
-from tuner.core.keys import ATTR
+from tuner.core.keys import ATTR, TAG, Outcome
 from tuner.core.redact import redact
-from tuner.db.session import load_study
-from tuner.db.storage import dialect_of
+from tuner.core.trials import OUTCOME_OF_STATE
+from tuner.db.session import load_study, parent_run_tags
 from tuner.results.summary import study_results, summarize
 from tuner.tracking._base import (
     OUTCOME_STATUS,
-    PARENT_RUN_ATTR,
     flatten_params,
     safe_text,
 )
@@ -57,17 +56,6 @@ __all__ = ["SyncReport", "sync_study", "sync_study_file"]
 
 _log = logging.getLogger("tuner.tracking")
 
-_STATE_OUTCOME = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
-}
-# Optuna user attrs written by the runner (read when present).
-_CONFIG_ATTR = ATTR.CONFIG
-_OUTCOME_ATTR = ATTR.OUTCOME
-_HOST_ATTR = ATTR.HOST
-_DEVICE_ATTR = ATTR.DEVICE
-_WORKER_ATTR = ATTR.WORKER
 # Optuna's retry callbacks list, on each retry, the numbers of the trials it replaces.
 _RETRIED_ATTR = "retry_history"
 
@@ -162,7 +150,7 @@ def _sync(
     compare: Any,
 ) -> SyncReport:
     experiment_id = ensure_experiment(client, experiment, tracking_uri)
-    known = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
+    known = parent_run_id or study.user_attrs.get(ATTR.PARENT_RUN)
     parent = open_parent_run(
         client,
         experiment_id=experiment_id,
@@ -172,7 +160,7 @@ def _sync(
         reopen=False,
     )
     if parent != known:
-        study.set_user_attr(PARENT_RUN_ATTR, parent)
+        study.set_user_attr(ATTR.PARENT_RUN, parent)
     if study_yaml_text is not None:
         log_artifacts(client, parent, {"study.yaml": study_yaml_text})
 
@@ -181,7 +169,7 @@ def _sync(
     trials = study.get_trials(deepcopy=False)
     retried = _retried_numbers(trials)
     for trial in trials:
-        if trial.state not in _STATE_OUTCOME:
+        if not trial.state.is_finished():
             skipped += 1
             continue
         expected = _expected(trial, metric, retried)
@@ -284,7 +272,7 @@ def _children_by_number(
 
 
 def _trial_number(run: Run) -> int | None:
-    text = run.data.tags.get("tuner.trial_number")
+    text = run.data.tags.get(TAG.TRIAL_NUMBER)
     if text is None and (run.info.run_name or "").startswith("trial-"):
         text = run.info.run_name.removeprefix("trial-")
     try:
@@ -303,9 +291,9 @@ def _lost_with_its_worker(trial: FrozenTrial, retried: frozenset[int]) -> bool:
     The runner records an outcome before it ends any trial, so a FAIL without one was failed
     by another process's heartbeat check (which also queued its retry).
     """
-    if trial.state != TrialState.FAIL or _OUTCOME_ATTR in trial.user_attrs:
+    if trial.state != TrialState.FAIL or ATTR.OUTCOME in trial.user_attrs:
         return False
-    started_by_worker = _HOST_ATTR in trial.user_attrs or _WORKER_ATTR in trial.user_attrs
+    started_by_worker = ATTR.HOST in trial.user_attrs or ATTR.WORKER in trial.user_attrs
     return started_by_worker or trial.number in retried
 
 
@@ -320,18 +308,18 @@ def _retried_numbers(trials: list[FrozenTrial]) -> frozenset[int]:
 
 
 def _expected(trial: FrozenTrial, metric: str, retried: frozenset[int] = frozenset()) -> _Expected:
-    outcome = trial.user_attrs.get(_OUTCOME_ATTR)
+    outcome = trial.user_attrs.get(ATTR.OUTCOME)
     if outcome not in OUTCOME_STATUS:
         lost = _lost_with_its_worker(trial, retried)
-        outcome = "interrupted" if lost else _STATE_OUTCOME[trial.state]
-    config = trial.user_attrs.get(_CONFIG_ATTR)
+        outcome = Outcome.INTERRUPTED.value if lost else OUTCOME_OF_STATE[trial.state]
+    config = trial.user_attrs.get(ATTR.CONFIG)
     params = flatten_params(config if isinstance(config, Mapping) else trial.params)
-    tags = {"tuner.trial_number": str(trial.number), "tuner.outcome": outcome}
+    tags = {TAG.TRIAL_NUMBER: str(trial.number), TAG.OUTCOME: outcome}
     if trial.duration is not None:
-        tags["tuner.duration_s"] = f"{trial.duration.total_seconds():.3f}"
+        tags[TAG.DURATION] = f"{trial.duration.total_seconds():.3f}"
     if "optimizer" in params:
-        tags["tuner.optimizer"] = params["optimizer"]
-    for attr, tag in ((_HOST_ATTR, "tuner.worker_host"), (_DEVICE_ATTR, "tuner.device")):
+        tags[TAG.OPTIMIZER] = params["optimizer"]
+    for attr, tag in ((ATTR.HOST, TAG.HOST), (ATTR.DEVICE, TAG.DEVICE)):
         if attr in trial.user_attrs:
             tags[tag] = safe_text(trial.user_attrs[attr])
     replicate = trial.user_attrs.get(ATTR.REPLICATE)
@@ -372,7 +360,7 @@ def _create(
     run = client.create_run(
         experiment_id,
         start_time=expected.start_ms,
-        tags={MLFLOW_PARENT_RUN_ID: parent, **expected.tags, "tuner.synced": "true"},
+        tags={MLFLOW_PARENT_RUN_ID: parent, **expected.tags, TAG.SYNCED: "true"},
         run_name=f"trial-{expected.number}",
     )
     run_id = run.info.run_id
@@ -391,15 +379,15 @@ def _complete(client: MlflowClient, run: Run, expected: _Expected, metric: str) 
     run_id = run.info.run_id
     # Params cannot change value in MLflow: add only the missing ones.
     params = {k: v for k, v in expected.params.items() if k not in run.data.params}
-    outcome_wrong = run.data.tags.get("tuner.outcome") != expected.tags["tuner.outcome"]
+    outcome_wrong = run.data.tags.get(TAG.OUTCOME) != expected.tags[TAG.OUTCOME]
     status_wrong = run.info.status != expected.status
     have = {m.step for m in client.get_metric_history(run_id, metric)} if expected.points else set()
     missing_reports = any(step not in have for step in expected.reported)
     if not (params or outcome_wrong or status_wrong or missing_reports):
         return False
     tags = {k: v for k, v in expected.tags.items() if k not in run.data.tags}
-    tags["tuner.outcome"] = expected.tags["tuner.outcome"]
-    log_entities(client, run_id, params=params, tags={**tags, "tuner.synced": "true"})
+    tags[TAG.OUTCOME] = expected.tags[TAG.OUTCOME]
+    log_entities(client, run_id, params=params, tags={**tags, TAG.SYNCED: "true"})
     missing = {s: v for s, v in expected.points.items() if s not in have}
     if missing:
         _log_points(client, run_id, metric, missing, expected.start_ms or 0)
@@ -420,9 +408,5 @@ def sync_study_file(study_file: StudyFile) -> SyncReport:
         experiment=study_file.mlflow.experiment, metric=study_file.metric,
         study_yaml_text=study_file.raw_text, budget=study_file.budget.trials,
         compare=study_file.compare,
-        tags={
-            "tuner.sampler": study_file.sampler.name,
-            "tuner.pruner": study_file.pruner.name,
-            "tuner.storage_dialect": dialect_of(study_file.storage),
-        },
+        tags=parent_run_tags(study_file),
     )  # fmt: skip

@@ -37,7 +37,7 @@ from tenacity import (
 )
 
 from tuner.core.errors import ConfigError, StorageError, TunerError
-from tuner.core.keys import ATTR
+from tuner.core.keys import ATTR, TAG
 from tuner.core.private_api import rdb_storage
 from tuner.core.redact import redact
 from tuner.db.storage import budget_lock, dialect_of, open_storage
@@ -48,7 +48,14 @@ if TYPE_CHECKING:
     from tuner.config.studyfile import StudyFile
     from tuner.tracking import Tracker
 
-__all__ = ["Session", "load_study", "open_session", "open_study", "open_study_storage"]
+__all__ = [
+    "Session",
+    "load_study",
+    "open_session",
+    "open_study",
+    "open_study_storage",
+    "parent_run_tags",
+]
 
 log = logging.getLogger("tuner")
 
@@ -123,6 +130,17 @@ def _open_once(study_file: StudyFile, worker: int, tracking: bool) -> Session:
     return session
 
 
+def parent_run_tags(study_file: StudyFile) -> dict[str, str]:
+    """The tags of the study's MLflow parent run that come from its study file."""
+    return {
+        TAG.SAMPLER: study_file.sampler.name,
+        TAG.PRUNER: study_file.pruner.name,
+        TAG.STORAGE_DIALECT: dialect_of(study_file.storage),
+        TAG.DIRECTION: study_file.direction,
+        TAG.METRIC: study_file.metric,
+    }
+
+
 def _open_tracking(study_file: StudyFile, study: optuna.Study) -> Tracker:
 
     tracker = make_tracker(study_file.mlflow.tracking_uri, experiment=study_file.mlflow.experiment)
@@ -134,13 +152,7 @@ def _open_tracking(study_file: StudyFile, study: optuna.Study) -> Tracker:
             study_name=study_file.name,
             experiment=study_file.mlflow.experiment,
             study_yaml_text=study_file.raw_text,
-            tags={
-                "tuner.sampler": study_file.sampler.name,
-                "tuner.pruner": study_file.pruner.name,
-                "tuner.storage_dialect": dialect_of(study_file.storage),
-                "tuner.direction": study_file.direction,
-                "tuner.metric": study_file.metric,
-            },
+            tags=parent_run_tags(study_file),
             existing_parent_run_id=existing,
         )
         if parent is not None and parent != existing:

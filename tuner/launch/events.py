@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from tuner.tracking import TRACK_EVENT
+from tuner.core.keys import EVENT
 
 __all__ = ["WORKER_INDEX_ENV", "EventWriter"]
 
@@ -37,7 +37,7 @@ class EventWriter:
     def __call__(self, event: dict[str, Any]) -> None:
         data = (json.dumps(event, default=str) + "\n").encode()
         kind = event.get("event")
-        patience = 0.0 if kind == "step" else math.inf if kind == TRACK_EVENT else 1.0
+        patience = 0.0 if kind == EVENT.STEP else math.inf if kind == EVENT.TRACK else 1.0
         give_up = time.monotonic() + patience
         with self._lock:
             while data:

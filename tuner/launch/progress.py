@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import TrialState
 
+from tuner.core.keys import Outcome
+from tuner.core.trials import count_finished
 from tuner.db.trialdb import count_states
 from tuner.results.compare import is_replicate, replicate_counts
 from tuner.results.summary import format_duration, summarize
@@ -147,9 +148,14 @@ def result_line(
 ) -> str:
     """``trial 3 complete loss=0.12``, or the reason for a failed or diverged trial."""
     text = f"trial {number} {outcome}"
-    if value is not None and outcome == "complete" and math.isfinite(value):
+    if value is not None and outcome == Outcome.COMPLETE and math.isfinite(value):
         text += f" {metric}={value:.6g}"
-    elif reason and outcome in ("failed", "diverged", "interrupted", "lost"):
+    elif reason and outcome in (
+        Outcome.FAILED,
+        Outcome.DIVERGED,
+        Outcome.INTERRUPTED,
+        Outcome.LOST,
+    ):
         text += f": {reason[:120]}"
     return text
 
@@ -162,12 +168,12 @@ def _finished(study: optuna.Study, budget: int) -> tuple[int, int]:
     """Finished search trials, and finished replicates (the finalists' re-runs after the
     search, :mod:`tuner.results.compare`), which never count toward the budget."""
     counts = count_states(study)
-    done = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+    done = count_finished(counts)
     if done <= budget:
         return done, 0
 
     reps = replicate_counts(study)
-    replicates = reps.get(TrialState.COMPLETE, 0) + reps.get(TrialState.PRUNED, 0)
+    replicates = count_finished(reps)
     return done - replicates, replicates
 
 

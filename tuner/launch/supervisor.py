@@ -41,11 +41,12 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.core.keys import ATTR, Outcome
+from tuner.core.keys import ATTR, EVENT, Outcome
+from tuner.core.trials import count_finished
 from tuner.db.trialdb import budget_counts, fail_stale_trials, heartbeat_interval
 from tuner.launch.events import WORKER_INDEX_ENV
-from tuner.results.compare import REPLICATE_ATTR, replicate_counts
-from tuner.tracking import TRACK_EVENT, TrackRelay
+from tuner.results.compare import replicate_counts
+from tuner.tracking import TrackRelay
 from tuner.worker.runner import DEADLINE_GRACE, timed_out_reason
 
 if TYPE_CHECKING:
@@ -286,23 +287,23 @@ class Supervisor:
     def _event(self, w: _WorkerProcess, event: dict[str, Any]) -> None:
         """One event of a worker (its pipe here, its Ray actor in tuner.launch.ray_backend)."""
         kind = event.get("event")
-        if kind == TRACK_EVENT:
+        if kind == EVENT.TRACK:
             self._relay.apply(event)
-        elif kind == "done":
+        elif kind == EVENT.DONE:
             w.done = True
-        elif kind == "storage_failure" and self._storage_failure is None:
+        elif kind == EVENT.STORAGE_FAILURE and self._storage_failure is None:
             # Every worker would meet it: stop them all, start none.
             self._storage_failure = str(event.get("message"))
             for other in self.workers.values():
                 self._signal(other, signal.SIGTERM, group=False)
             self._stop_asked_at = time.monotonic()
-        elif kind == "start":
+        elif kind == EVENT.START:
             w.running = _Running(event["number"], event["trial_id"], time.monotonic())
             w.trials_started += 1
             self._boot_failures.pop(w.index, None)
-        elif kind == "step" and w.running is not None and w.running.number == event["number"]:
+        elif kind == EVENT.STEP and w.running is not None and w.running.number == event["number"]:
             w.running.step = event["step"]
-        elif kind == "end":
+        elif kind == EVENT.END:
             if w.running is not None and w.running.number == event["number"]:
                 w.running = None
             self.progress.tick(self._running())
@@ -438,11 +439,11 @@ class Supervisor:
         """Trials by state, failures, finished search trials and finished replicates."""
 
         counts, failed = budget_counts(self.study)
-        finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+        finished = count_finished(counts)
         replicates = 0
         if finished > self.sf.budget.trials:
             reps = replicate_counts(self.study)
-            replicates = reps.get(TrialState.COMPLETE, 0) + reps.get(TrialState.PRUNED, 0)
+            replicates = count_finished(reps)
         return counts, failed, finished - replicates, replicates
 
     def _replicates_missing(self, replicates: int) -> bool:
@@ -465,7 +466,7 @@ class Supervisor:
             for key, value in attrs.items():
                 self.storage.set_trial_user_attr(running.trial_id, key, value)
             self.storage.set_trial_state_values(running.trial_id, TrialState.FAIL)
-            if outcome == Outcome.INTERRUPTED and REPLICATE_ATTR not in trial.user_attrs:
+            if outcome == Outcome.INTERRUPTED and ATTR.REPLICATE not in trial.user_attrs:
                 # Runs again; a replicate is missing again, and tuner.results.compare queues it.
                 self.study.enqueue_trial(trial.params, user_attrs={ATTR.RETRY_OF: trial.number})
         except optuna.exceptions.UpdateFinishedTrialError:

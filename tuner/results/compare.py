@@ -68,8 +68,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, select
 
-from tuner.core.keys import ATTR
+from tuner.core.keys import ATTR, Outcome
 from tuner.core.private_api import optuna_tables, rdb_storage, state_of, study_id
+from tuner.core.trials import optimizer_of
 
 if TYPE_CHECKING:
     from tuner.config.studyfile import CompareConfig
@@ -80,7 +81,6 @@ __all__ = [
     "COST_RULE",
     "INTERVAL_METHOD",
     "MATERIAL",
-    "REPLICATE_ATTR",
     "TEST_METHOD",
     "Answer",
     "Finalist",
@@ -100,7 +100,6 @@ __all__ = [
     "tied",
 ]
 
-REPLICATE_ATTR = ATTR.REPLICATE
 ALPHA = 0.05
 INTERVAL_METHOD = "Student's t-interval of the replicate mean (95%)"
 TEST_METHOD = (
@@ -117,8 +116,6 @@ COST_RULE = (
     f"optimizer whose product is at most 1/{MATERIAL:g} is recommended over the winner"
 )
 
-_CONFIG = ATTR.CONFIG
-_OUTCOME = ATTR.OUTCOME
 # A replicate with one of these states is done or on its way; any other (an interrupted one,
 # or one lost with its worker and not queued again) is missing and runs again.
 _PRESENT = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -129,12 +126,12 @@ _PRESENT = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialSta
 
 def is_replicate(trial: FrozenTrial | optuna.Trial) -> bool:
     """Whether ``trial`` is a replicate run (not a search trial)."""
-    return REPLICATE_ATTR in trial.user_attrs
+    return ATTR.REPLICATE in trial.user_attrs
 
 
 def replicate_of(trial: FrozenTrial | optuna.Trial) -> dict[str, Any] | None:
     """The replicate record of ``trial``: ``{"of", "index", "seed", "config"}``, or None."""
-    record = trial.user_attrs.get(REPLICATE_ATTR)
+    record = trial.user_attrs.get(ATTR.REPLICATE)
     return dict(record) if isinstance(record, Mapping) else None
 
 
@@ -158,7 +155,7 @@ def finalists(trials: Sequence[FrozenTrial], direction: str, n: int) -> list[Fro
     for t in trials:
         if t.state != TrialState.COMPLETE or is_replicate(t) or not _finite(t.value):
             continue
-        name = _optimizer_of(t)
+        name = optimizer_of(t)
         if name is None:
             continue
         key = (sign * float(t.value), t.number)
@@ -207,7 +204,7 @@ def planned(
                     "of": finalist.number,
                     "index": index,
                     "seed": replicate_seed(base_seed, index),
-                    "config": finalist.user_attrs.get(_CONFIG),
+                    "config": finalist.user_attrs.get(ATTR.CONFIG),
                 }
             )
     return out
@@ -228,11 +225,11 @@ def next_replicate(
         (r["of"], r["index"])
         for t in trials
         if (r := replicate_of(t)) is not None
-        and (t.state in _PRESENT or t.user_attrs.get(_OUTCOME) == "failed")
+        and (t.state in _PRESENT or t.user_attrs.get(ATTR.OUTCOME) == Outcome.FAILED.value)
     }
     for record in planned(trials, direction, compare, base_seed):
         if (record["of"], record["index"]) not in present:
-            study.enqueue_trial({}, user_attrs={REPLICATE_ATTR: record})
+            study.enqueue_trial({}, user_attrs={ATTR.REPLICATE: record})
             return record
     return None
 
@@ -475,9 +472,9 @@ def compute_answer(
     chosen = finalists(trials, direction, compare.finalists)
     rows = [
         Finalist(
-            optimizer=str(_optimizer_of(t)),
+            optimizer=str(optimizer_of(t)),
             trial=t.number,
-            config=dict(t.user_attrs.get(_CONFIG) or {}),
+            config=dict(t.user_attrs.get(ATTR.CONFIG) or {}),
             search_value=float(t.value),
         )
         for t in chosen
@@ -499,7 +496,7 @@ def compute_answer(
             row.curves[int(record["seed"])] = dict(t.intermediate_values)
             costs[row.trial].append(t)
             done += 1
-        elif t.state == TrialState.PRUNED or t.user_attrs.get(_OUTCOME) == "failed":
+        elif t.state == TrialState.PRUNED or t.user_attrs.get(ATTR.OUTCOME) == Outcome.FAILED.value:
             row.not_complete += 1
             done += 1
     for row in rows:
@@ -702,12 +699,6 @@ def _assign_groups(rows: list[Finalist]) -> None:
             if same:
                 other.group = group
                 other.p_value = p
-
-
-def _optimizer_of(t: FrozenTrial) -> str | None:
-    config = t.user_attrs.get(_CONFIG) or {}
-    name = config.get("optimizer", t.params.get("optimizer"))
-    return None if name is None else str(name)
 
 
 def _finite(value: float | None) -> bool:

@@ -16,7 +16,6 @@ from tuner.tracking._base import (
     HTTP_DEFAULTS,
     OUTCOME_STATUS,
     OUTCOMES,
-    PARENT_RUN_ATTR,
     NullRecorder,
     NullTracker,
     Tracker,
@@ -24,7 +23,7 @@ from tuner.tracking._base import (
     flatten_params,
     safe_text,
 )
-from tuner.tracking._relay import TRACK_EVENT, RelayRecorder, RelayTracker, TrackRelay
+from tuner.tracking._relay import RelayRecorder, RelayTracker, TrackRelay
 
 if TYPE_CHECKING:
     from tuner.tracking._mlflow import MlflowRecorder, MlflowTracker
@@ -33,8 +32,6 @@ __all__ = [
     "HTTP_DEFAULTS",
     "OUTCOMES",
     "OUTCOME_STATUS",
-    "PARENT_RUN_ATTR",
-    "TRACK_EVENT",
     "MlflowRecorder",
     "MlflowTracker",
     "NullRecorder",

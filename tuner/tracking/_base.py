@@ -12,14 +12,13 @@ import math
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
-from tuner.core.keys import ATTR, Outcome
+from tuner.core.keys import Outcome
 from tuner.core.redact import redact
 
 __all__ = [
     "HTTP_DEFAULTS",
     "OUTCOMES",
     "OUTCOME_STATUS",
-    "PARENT_RUN_ATTR",
     "NothingPending",
     "NullRecorder",
     "NullTracker",
@@ -30,8 +29,6 @@ __all__ = [
     "safe_text",
 ]
 
-#: The Optuna study user attr that keeps the parent run id across processes and resumes.
-PARENT_RUN_ATTR = ATTR.PARENT_RUN
 
 #: Run status per trial outcome (docs/mlflow.md): a pruned trial ends normally, a diverged one not.
 OUTCOME_STATUS: dict[str, str] = {

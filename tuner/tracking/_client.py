@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from tuner.core.errors import ConfigError
+from tuner.core.keys import TAG
 from tuner.core.private_api import mlflow_run_store
 from tuner.core.redact import redact
 from tuner.tracking._base import safe_text
@@ -213,7 +214,7 @@ def open_parent_run(
 
     With ``reopen`` a finished parent is set back to RUNNING (the study is being resumed).
     """
-    all_tags = {"tuner.study_name": study_name, "tuner.role": "study", **tags}
+    all_tags = {TAG.STUDY_NAME: study_name, TAG.ROLE: "study", **tags}
     if existing_run_id:
         try:
             run = client.get_run(existing_run_id)
@@ -374,6 +375,6 @@ def terminate_run(client: MlflowClient, run_id: str, status: str, end_time: int 
 def find_run_by_key(client: MlflowClient, experiment_id: str, run_key: str) -> str | None:
     """The run tagged ``tuner.run_key = run_key`` (a create whose answer was lost), if any."""
     runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`tuner.run_key` = '{run_key}'", max_results=1
+        [experiment_id], filter_string=f"tags.`{TAG.RUN_KEY}` = '{run_key}'", max_results=1
     )
     return runs[0].info.run_id if runs else None

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tuner.core.errors import TunerError
+from tuner.core.keys import TAG, Outcome
 from tuner.core.redact import redact
 from tuner.tracking._base import OUTCOME_STATUS, check_outcome, flatten_params
 from tuner.tracking._client import (
@@ -80,9 +81,9 @@ class MlflowRecorder:
         self._finished = True
         end_tags = {
             # The runner may pass its own (more exact) duration; ours is the fallback.
-            "tuner.duration_s": f"{time.monotonic() - self._start:.3f}",
+            TAG.DURATION: f"{time.monotonic() - self._start:.3f}",
             **(tags or {}),
-            "tuner.outcome": outcome,
+            TAG.OUTCOME: outcome,
         }
         self._finish(self._handle, end_tags, OUTCOME_STATUS[outcome], now_ms())
 
@@ -219,7 +220,7 @@ class MlflowTracker:
         handle = RunHandle()
         key = uuid.uuid4().hex
         flat = flatten_params(params)
-        run_tags = {**tags, "tuner.trial_number": str(number), "tuner.run_key": key}
+        run_tags = {**tags, TAG.TRIAL_NUMBER: str(number), TAG.RUN_KEY: key}
         start_ms = now_ms()
         tried = False
 
@@ -316,9 +317,9 @@ class MlflowTracker:
         parent run. Only a RUNNING run is ended; when none exists (the dead worker never
         delivered it) there is nothing to close, and ``tuner sync`` creates it as KILLED.
         """
-        tags = {"tuner.outcome": "interrupted"}
+        tags = {TAG.OUTCOME: Outcome.INTERRUPTED.value}
         if reason:
-            tags["tuner.reason"] = reason
+            tags[TAG.REASON] = reason
         end = now_ms()
 
         def kill() -> None:
@@ -334,7 +335,9 @@ class MlflowTracker:
             )
             for run in runs:
                 log_entities(self._client, run.info.run_id, tags=tags)
-                terminate_run(self._client, run.info.run_id, OUTCOME_STATUS["interrupted"], end)
+                terminate_run(
+                    self._client, run.info.run_id, OUTCOME_STATUS[Outcome.INTERRUPTED.value], end
+                )
             if not runs:
                 _log.info("tracking: trial %d has no running MLflow run to close", number)
 

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tuner.core.keys import EVENT, TAG, Outcome
 from tuner.tracking._base import (
     NothingPending,
     Tracker,
@@ -36,10 +37,9 @@ from tuner.tracking._base import (
     flatten_params,
 )
 
-__all__ = ["TRACK_EVENT", "RelayRecorder", "RelayTracker", "TrackRelay"]
+__all__ = ["RelayRecorder", "RelayTracker", "TrackRelay"]
 
 #: The ``event`` of a tracking record on a worker's event pipe.
-TRACK_EVENT = "track"
 
 _log = logging.getLogger("tuner.tracking")
 
@@ -155,7 +155,7 @@ class TrackRelay:
         recorder = self._recorders.pop(number, None)
         if recorder is None:
             return False
-        recorder.finish(outcome, tags={"tuner.reason": reason} if reason else None)
+        recorder.finish(outcome, tags={TAG.REASON: reason} if reason else None)
         return True
 
     def _apply(self, record: Mapping[str, Any]) -> None:
@@ -176,7 +176,7 @@ class TrackRelay:
                 recorder.finish(str(record["outcome"]), tags=dict(record["tags"]))
         elif op == "kill":
             number, reason = int(record["number"]), record.get("reason")
-            if not self.end_lost(number, "interrupted", reason):
+            if not self.end_lost(number, Outcome.INTERRUPTED.value, reason):
                 tracker.kill_trial(number, reason=reason)
         elif op == "update_study":
             tracker.update_study(
@@ -192,7 +192,7 @@ class TrackRelay:
 
 
 def _record(op: str, **fields: Any) -> dict[str, Any]:
-    return {"event": TRACK_EVENT, "op": op, **fields}
+    return {"event": EVENT.TRACK, "op": op, **fields}
 
 
 def _artifact(file: Mapping[str, str]) -> str | bytes:

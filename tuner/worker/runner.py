@@ -33,9 +33,10 @@ from tuner.catalog.export import OptimizerConfig
 from tuner.config.space import sample_config
 from tuner.core.durations import format_duration
 from tuner.core.errors import StorageFailure
-from tuner.core.keys import ATTR, OUTCOMES, Outcome
+from tuner.core.keys import ATTR, EVENT, OUTCOMES, TAG, Outcome
 from tuner.core.private_api import rdb_storage, trial_id
 from tuner.core.redact import redact
+from tuner.core.trials import count_finished
 from tuner.db.storage import budget_lock, storage_errors
 from tuner.db.trialdb import (
     TrialHeartbeat,
@@ -46,7 +47,6 @@ from tuner.db.trialdb import (
     tell,
 )
 from tuner.results import compare
-from tuner.results.compare import REPLICATE_ATTR
 from tuner.search import prepare_search
 from tuner.trial import Trial, TrialDiverged
 
@@ -170,7 +170,7 @@ class Worker:
             with storage_errors(self.study_file.storage):
                 yield
         except StorageFailure as exc:
-            self._emit("storage_failure", message=str(exc))
+            self._emit(EVENT.STORAGE_FAILURE, message=str(exc))
             raise
 
     @contextlib.contextmanager
@@ -205,7 +205,7 @@ class Worker:
 
         budget = self.study_file.budget
         counts, _ = budget_counts(self.study)
-        finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+        finished = count_finished(counts)
         if finished >= budget.trials:
             return self.study_file.search  # nothing left to search: no probe either
         self._in_objective = True  # the probes run the objective: Ctrl-C interrupts them
@@ -280,7 +280,7 @@ class Worker:
                 # the objective's own failures count toward max_failures.
                 if failed >= budget.max_failures:
                     return "failures"
-                finished = counts.get(TrialState.COMPLETE, 0) + counts.get(TrialState.PRUNED, 0)
+                finished = count_finished(counts)
                 running = counts.get(TrialState.RUNNING, 0)
                 phase = None
                 if finished + running >= budget.trials:
@@ -334,7 +334,7 @@ class Worker:
 
         sf = self.study_file
         reps = compare.replicate_counts(self.study)
-        finished -= reps.get(TrialState.COMPLETE, 0) + reps.get(TrialState.PRUNED, 0)
+        finished -= count_finished(reps)
         running -= reps.get(TrialState.RUNNING, 0)
         if finished < sf.budget.trials or sf.compare.seeds == 0:
             return finished, running, None
@@ -370,7 +370,7 @@ class Worker:
         # worker that dies from here on leaves a trial that the stale check fails and retries.
         heartbeat = TrialHeartbeat(ot, self._where())
         heartbeat.start()
-        self._emit("start", number=ot.number, trial_id=trial_id(ot))
+        self._emit(EVENT.START, number=ot.number, trial_id=trial_id(ot))
         replicate = compare.replicate_of(ot)
         trial: Trial | None = None
         try:
@@ -394,7 +394,7 @@ class Worker:
             recorder.finish(
                 ending.outcome.value,
                 tags={
-                    "tuner.duration_s": f"{duration:.3f}",
+                    TAG.DURATION: f"{duration:.3f}",
                     # The runs table tells outcomes and replicates apart by name.
                     "mlflow.runName": _run_name(ot.number, ending.outcome.value, replicate),
                 },
@@ -408,7 +408,7 @@ class Worker:
             self._tracking_mark = self.tracker.mark()
         result = TrialResult(ot.number, ending.outcome.value, ending.value, ending.reason, duration)
         self._emit(
-            "end", number=ot.number, outcome=result.outcome, value=result.value,
+            EVENT.END, number=ot.number, outcome=result.outcome, value=result.value,
             reason=result.reason, duration=round(duration, 3),
         )  # fmt: skip
         self._log_ending(ot.number, ending)
@@ -440,11 +440,11 @@ class Worker:
             params=_flat_params(config.to_dict()),
             tags={
                 **_replicate_tags(replicate),
-                "tuner.trial_number": str(ot.number),
-                "tuner.optimizer": config.optimizer,
-                "tuner.schedule": str(config.schedule.get("name")),
-                "tuner.worker_host": self.host,
-                "tuner.device": self.device_tag or self.device,
+                TAG.TRIAL_NUMBER: str(ot.number),
+                TAG.OPTIMIZER: config.optimizer,
+                TAG.SCHEDULE: str(config.schedule.get("name")),
+                TAG.HOST: self.host,
+                TAG.DEVICE: self.device_tag or self.device,
             },
         )
         seed = trial_seed(_sampler_seed(sf), ot.number)
@@ -457,7 +457,7 @@ class Worker:
 
         def on_report(step: int, value: float) -> None:
             steps.add(step)  # epochs for the cost per epoch (tuner.results.compare)
-            self._emit("step", number=number, step=step)
+            self._emit(EVENT.STEP, number=number, step=step)
 
         return Trial(
             optuna=ot,
@@ -565,7 +565,7 @@ class Worker:
             tell(self.study, ot, state=TrialState.FAIL)
             # The same configuration runs again when the study resumes; a replicate is
             # missing again, and tuner.results.compare queues it.
-            if outcome == Outcome.INTERRUPTED and REPLICATE_ATTR not in ot.user_attrs:
+            if outcome == Outcome.INTERRUPTED and ATTR.REPLICATE not in ot.user_attrs:
                 self.study.enqueue_trial(ot.params, user_attrs={ATTR.RETRY_OF: ot.number})
         return True
 
@@ -630,9 +630,9 @@ def _replicate_tags(replicate: Mapping[str, Any] | None) -> dict[str, str]:
     if replicate is None:
         return {}
     return {
-        "tuner.replicate_of": str(replicate["of"]),
-        "tuner.seed": str(replicate["seed"]),
-        "tuner.seed_index": str(replicate["index"]),
+        TAG.REPLICATE_OF: str(replicate["of"]),
+        TAG.SEED: str(replicate["seed"]),
+        TAG.SEED_INDEX: str(replicate["index"]),
     }
 
 
@@ -641,7 +641,7 @@ def _run_name(number: int, outcome: str, replicate: Mapping[str, Any] | None) ->
     name = f"trial-{number}"
     if replicate is not None:
         name += f" replicate of {replicate['of']}, seed {int(replicate['index']) + 1}"
-    return name if outcome == "complete" else f"{name} ({outcome})"
+    return name if outcome == Outcome.COMPLETE else f"{name} ({outcome})"
 
 
 def _cost(trial: Trial, seconds: float, steps: set[int]) -> dict[str, Any]:

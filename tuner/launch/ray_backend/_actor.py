@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.core.errors import ConfigError, TunerError
+from tuner.core.keys import EVENT
 from tuner.core.redact import redact
 from tuner.launch.events import WORKER_INDEX_ENV
 from tuner.launch.worker_main import run_worker
@@ -50,7 +51,7 @@ SEND_INTERVAL = 0.05
 STOP_POLL = 0.5
 # Events that launch acts on at once (a trial's start is what lets it fail the trial of an
 # actor that dies).
-_URGENT = frozenset({"start", "end", "done"})
+_URGENT = frozenset({EVENT.START, EVENT.END, EVENT.DONE})
 
 
 class TunerEvents:
@@ -257,12 +258,12 @@ class _Lines(io.TextIOBase):
     def write(self, text: str) -> int:
         *lines, self._pending = (self._pending + text).split("\n")
         for line in lines:
-            self._send({"event": "output", "text": redact(line, *self._secrets)})
+            self._send({"event": EVENT.OUTPUT, "text": redact(line, *self._secrets)})
         return len(text)
 
     def flush(self) -> None:
         if self._pending:
-            self._send({"event": "output", "text": redact(self._pending, *self._secrets)})
+            self._send({"event": EVENT.OUTPUT, "text": redact(self._pending, *self._secrets)})
             self._pending = ""
 
 

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuner.core.errors import TunerError
-from tuner.core.keys import Outcome
+from tuner.core.keys import EVENT, Outcome
 from tuner.launch.ray_backend._actor import TunerEvents, TunerWorker
 from tuner.launch.supervisor import MAX_BOOT_FAILURES, STOP_GRACE, Supervisor, _Running
-from tuner.tracking import TRACK_EVENT
 from tuner.worker.runner import timed_out_reason
 
 if TYPE_CHECKING:
@@ -125,11 +124,11 @@ class RaySupervisor(Supervisor):
         for key, events in batches:
             w = self.workers.get(key)
             for event in events:
-                if w is not None and event.get("event") == "output":
+                if w is not None and event.get("event") == EVENT.OUTPUT:
                     self._output(w, str(event.get("text", "")))  # type: ignore[arg-type]
                 elif w is not None:
                     self._event(w, event)  # type: ignore[arg-type]
-                elif event.get("event") == TRACK_EVENT:
+                elif event.get("event") == EVENT.TRACK:
                     self._relay.apply(event)  # MLflow records of an actor already ended
 
     # --- ending workers --------------------------------------------------------------------
