@@ -137,7 +137,7 @@ class RetriedPrivateMethods:
 
     ``Study.ask``, ``Trial.suggest_*`` and ``Study.best_trial`` go through these private methods
     rather than the public ones, so a storage that retries transient errors (a PostgreSQL
-    restart) must override them too. Mixed into :class:`tuner.db.storage.RetryingStorage`,
+    restart) must override them too. Mixed into :class:`tuner.db.storage.RetryingRDBStorage`,
     which provides ``_retry(method, *args, **kwargs)``; a name Optuna drops is simply never
     called, and ``tests/test_private_api.py`` says so.
     """
