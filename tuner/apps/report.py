@@ -50,6 +50,8 @@ from tuner.results.summary import StudySummary, summarize
 from tuner.tracking import make_tracker
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
     from tuner.results.compare import Answer
 
 __all__ = [
@@ -142,8 +144,8 @@ def write_report(
         >>> print(report.summary_text)                                  # doctest: +SKIP
     """
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = _Output(Path(out_dir))
+    out.out_dir.mkdir(parents=True, exist_ok=True)
     all_trials = study.get_trials(deepcopy=False)
     # The search's plots show the search; the replicates have their own (tuner.results.compare).
     trials = [t for t in all_trials if not is_replicate(t)]
@@ -155,84 +157,130 @@ def write_report(
     ranking = _rank_optimizers(trials, direction)
     colors = _optimizer_colors(ranking)
     complete = _complete(trials)
-
-    files: dict[str, Path] = {}
-    skipped: dict[str, str] = {}
-    off_scale: dict[str, int] = {}
     importances: dict[str, dict[str, float] | str] = {}
     curve: LrCurve | None = None
 
-    def save(name: str, fig: Figure, off: int = 0) -> None:
-        path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=_DPI)
-        files[name] = path
-        off_scale[name] = off
-
     if trials:
-        save("optimization_history", *_plot_history(trials, direction, metric, colors))
+        out.save("optimization_history", *_plot_history(trials, direction, metric, colors))
     else:
-        skipped["optimization_history"] = "the study has no trials yet"
+        out.skipped["optimization_history"] = "the study has no trials yet"
 
     if not complete:
         reason = "no complete trial yet"
         for name in ("param_importances", "parallel_coordinates", "best_per_optimizer"):
-            skipped[name] = reason
+            out.skipped[name] = reason
         for name in ("score_vs_lr", "score_by_schedule", "lr_schedule"):
-            skipped[name] = reason
+            out.skipped[name] = reason
     else:
         # The best everywhere (tuner.results.summary): the answer's recommendation once replicated,
         # else the best search trial's optimizer; the plots of "the best" show that one.
         chosen = answer.recommended
         best_opt = chosen.optimizer if chosen is not None else ranking[0].optimizer
-        importances = _importances(complete, best_opt)
-        if all(isinstance(v, str) for v in importances.values()):
-            skipped["param_importances"] = "; ".join(f"{k}: {v}" for k, v in importances.items())
-        else:
-            save("param_importances", _plot_importances(importances, metric))
-        own = [t for t in complete if _optimizer_of(t) == best_opt]
-        why = plots.sparse_reason(own, f"a parallel-coordinates plot of {best_opt}")
-        if why is None:
-            save("parallel_coordinates", _plot_parallel(own, best_opt, direction, metric))
-        else:
-            skipped["parallel_coordinates"] = why
-        save("best_per_optimizer", *_plot_best_per_optimizer(ranking, direction, metric, colors))
-        why = plots.sparse_reason(complete, "a scatter against the learning rate")
-        if why is None:
-            order = [r.optimizer for r in ranking]
-            save("score_vs_lr", *plots.plot_score_vs_lr(complete, order, direction, metric))
-        else:
-            skipped["score_vs_lr"] = why
-        why = plots.sparse_reason(complete, "a comparison of schedules and warmups")
-        if why is None:
-            save("score_by_schedule", *plots.plot_score_by_schedule(complete, direction, metric))
-        else:
-            skipped["score_by_schedule"] = why
-        # The learning rate of the configuration the Best block shows, and nothing else's.
-        best = next((t for t in complete if t.number == summary.best_number), None)
-        best = best or _best_search_trial(complete, direction)
-        curve_or_reason = _best_lr_curve(best)
-        if isinstance(curve_or_reason, str):
-            skipped["lr_schedule"] = curve_or_reason
-        else:
-            curve = curve_or_reason
-            save("lr_schedule", _plot_lr(curve, best, metric, summary))
-    if answer.replicated:
-        save("replicates", plots.plot_replicates(answer))
-    elif compare.seeds == 0:
-        skipped["replicates"] = "replicates are off (compare.seeds: 0)"
-    else:
-        skipped["replicates"] = "no replicate of a finalist has finished yet"
+        importances = _save_search_plots(
+            out, complete, ranking, best_opt, direction, metric, colors
+        )
+        curve = _save_lr_plot(out, complete, summary, direction, metric)
+    _save_replicates(out, answer, compare)
 
-    answer_path = out_dir / "answer.json"
+    answer_path = out.out_dir / "answer.json"
     answer_path.write_text(answer.dumps())
-    text = _summary_markdown(summary, ranking, importances, curve, files, skipped)
-    summary_path = out_dir / "summary.md"
+    text = _summary_markdown(summary, ranking, importances, curve, out.files, out.skipped)
+    summary_path = out.out_dir / "summary.md"
     summary_path.write_text(text)
-    files["summary"] = summary_path
-    files["answer"] = answer_path
+    out.files["summary"] = summary_path
+    out.files["answer"] = answer_path
     return Report(
-        files=files, summary_text=text, skipped=skipped, off_scale=off_scale, answer=answer
+        files=out.files,
+        summary_text=text,
+        skipped=out.skipped,
+        off_scale=out.off_scale,
+        answer=answer,
     )
+
+
+@dataclass
+class _Output:
+    """The report's folder and what :func:`write_report` put there so far: the written files,
+    the reason each skipped plot was skipped, and each plot's count of off-scale points."""
+
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    off_scale: dict[str, int] = field(default_factory=dict)
+
+    def save(self, name: str, fig: Figure, off: int = 0) -> None:
+        """Write ``fig`` to ``<name>.png`` and record it, with ``off`` points drawn at its edge."""
+        path = self.out_dir / f"{name}.png"
+        fig.savefig(path, dpi=_DPI)
+        self.files[name] = path
+        self.off_scale[name] = off
+
+
+def _save_search_plots(
+    out: _Output,
+    complete: Sequence[FrozenTrial],
+    ranking: Sequence[OptimizerResult],
+    best_opt: str,
+    direction: str,
+    metric: str,
+    colors: Mapping[str, Any],
+) -> dict[str, dict[str, float] | str]:
+    """Save the plots of the complete search trials (or why each is skipped): importances,
+    the best optimizer's parallel coordinates, the best per optimizer, the score against the
+    learning rate and by schedule. Returns the importances, for ``summary.md``."""
+    importances = _importances(complete, best_opt)
+    if all(isinstance(v, str) for v in importances.values()):
+        out.skipped["param_importances"] = "; ".join(f"{k}: {v}" for k, v in importances.items())
+    else:
+        out.save("param_importances", _plot_importances(importances, metric))
+    own = [t for t in complete if _optimizer_of(t) == best_opt]
+    why = plots.sparse_reason(own, f"a parallel-coordinates plot of {best_opt}")
+    if why is None:
+        out.save("parallel_coordinates", _plot_parallel(own, best_opt, direction, metric))
+    else:
+        out.skipped["parallel_coordinates"] = why
+    out.save("best_per_optimizer", *_plot_best_per_optimizer(ranking, direction, metric, colors))
+    why = plots.sparse_reason(complete, "a scatter against the learning rate")
+    if why is None:
+        order = [r.optimizer for r in ranking]
+        out.save("score_vs_lr", *plots.plot_score_vs_lr(complete, order, direction, metric))
+    else:
+        out.skipped["score_vs_lr"] = why
+    why = plots.sparse_reason(complete, "a comparison of schedules and warmups")
+    if why is None:
+        out.save("score_by_schedule", *plots.plot_score_by_schedule(complete, direction, metric))
+    else:
+        out.skipped["score_by_schedule"] = why
+    return importances
+
+
+def _save_lr_plot(
+    out: _Output,
+    complete: Sequence[FrozenTrial],
+    summary: StudySummary,
+    direction: str,
+    metric: str,
+) -> LrCurve | None:
+    """Save the learning rate of the configuration the Best block shows, and nothing else's (or
+    why it is skipped); returns its curve, or None when there is none."""
+    best = next((t for t in complete if t.number == summary.best_number), None)
+    best = best or _best_search_trial(complete, direction)
+    curve_or_reason = _best_lr_curve(best)
+    if isinstance(curve_or_reason, str):
+        out.skipped["lr_schedule"] = curve_or_reason
+        return None
+    out.save("lr_schedule", _plot_lr(curve_or_reason, best, metric, summary))
+    return curve_or_reason
+
+
+def _save_replicates(out: _Output, answer: Answer, compare: CompareConfig) -> None:
+    """Save the replicates' plot, or record why there is none yet."""
+    if answer.replicated:
+        out.save("replicates", plots.plot_replicates(answer))
+    elif compare.seeds == 0:
+        out.skipped["replicates"] = "replicates are off (compare.seeds: 0)"
+    else:
+        out.skipped["replicates"] = "no replicate of a finalist has finished yet"
 
 
 def _best_search_trial(complete: Sequence[FrozenTrial], direction: str) -> FrozenTrial:
@@ -505,30 +553,7 @@ def _plot_history(
     complete = sorted(_complete(trials), key=lambda t: t.number)
     # One collapsed trial must not squash the rest: the axis spans the bulk of the values.
     value_range = plots.robust_range([float(t.value) for t in complete])
-    off = 0
-    for name in colors:
-        mine = [t for t in complete if _optimizer_of(t) == name]
-        if mine:
-            off += plots.scatter_clipped(
-                ax,
-                [t.number for t in mine],
-                [float(t.value) for t in mine],
-                value_range,
-                color=colors[name],
-                s=28,
-                label=f"{name} ({len(mine)})",
-                zorder=3,
-            )
-    unknown = [t for t in complete if _optimizer_of(t) not in colors]
-    if unknown:
-        off += plots.scatter_clipped(
-            ax,
-            [t.number for t in unknown],
-            [float(t.value) for t in unknown],
-            value_range,
-            color="0.6",
-            s=28,
-        )
+    off = _scatter_history(ax, complete, colors, value_range)
     if complete:
         running = np.maximum if direction == "maximize" else np.minimum
         best = list(running.accumulate([float(t.value) for t in complete]))
@@ -555,22 +580,60 @@ def _plot_history(
     ax.set_title(f"Optimization history: {metric} per trial ({len(trials)} trials)")
     bottom = ax
     if strip is not None:
-        rows = list(others)
-        for i, outcome in enumerate(rows):
-            marker, color = _OUTCOME_STYLE.get(outcome, ("o", "0.3"))
-            strip.scatter(
-                others[outcome], [i] * len(others[outcome]), marker=marker, color=color, s=30
-            )
-        strip.set_yticks(range(len(rows)))
-        strip.set_yticklabels([f"{o} ({len(others[o])})" for o in rows], fontsize=8)
-        strip.set_ylim(-0.6, len(rows) - 0.4)
-        strip.invert_yaxis()
-        strip.grid(axis="x", alpha=0.3)
-        strip.set_ylabel("no value", fontsize=8)
+        _draw_outcome_strip(strip, others)
         bottom = strip
     bottom.set_xlabel("trial number")
     bottom.xaxis.get_major_locator().set_params(integer=True)
     return fig, off
+
+
+def _scatter_history(
+    ax: Axes,
+    complete: Sequence[FrozenTrial],
+    colors: Mapping[str, Any],
+    value_range: plots.ValueRange,
+) -> int:
+    """Scatter the complete trials' values by trial number, one colour per optimizer (grey for
+    a trial of none known); returns how many points were drawn at the axis's edge."""
+    off = 0
+    for name in colors:
+        mine = [t for t in complete if _optimizer_of(t) == name]
+        if mine:
+            off += plots.scatter_clipped(
+                ax,
+                [t.number for t in mine],
+                [float(t.value) for t in mine],
+                value_range,
+                color=colors[name],
+                s=28,
+                label=f"{name} ({len(mine)})",
+                zorder=3,
+            )
+    unknown = [t for t in complete if _optimizer_of(t) not in colors]
+    if unknown:
+        off += plots.scatter_clipped(
+            ax,
+            [t.number for t in unknown],
+            [float(t.value) for t in unknown],
+            value_range,
+            color="0.6",
+            s=28,
+        )
+    return off
+
+
+def _draw_outcome_strip(strip: Axes, others: Mapping[str, list[int]]) -> None:
+    """Mark the trials without a value on ``strip``, one row per outcome (pruned, diverged...)."""
+    rows = list(others)
+    for i, outcome in enumerate(rows):
+        marker, color = _OUTCOME_STYLE.get(outcome, ("o", "0.3"))
+        strip.scatter(others[outcome], [i] * len(others[outcome]), marker=marker, color=color, s=30)
+    strip.set_yticks(range(len(rows)))
+    strip.set_yticklabels([f"{o} ({len(others[o])})" for o in rows], fontsize=8)
+    strip.set_ylim(-0.6, len(rows) - 0.4)
+    strip.invert_yaxis()
+    strip.grid(axis="x", alpha=0.3)
+    strip.set_ylabel("no value", fontsize=8)
 
 
 def _plot_importances(views: Mapping[str, dict[str, float] | str], metric: str) -> Figure:
@@ -858,35 +921,10 @@ def _summary_markdown(
     keys += sorted(k for k in summary.counts if k not in order)
     lines += [f"| {k} | {summary.counts[k]} |" for k in keys] or ["| (none) | 0 |"]
     lines += ["", "## Best", ""]
-    if summary.best_value is None:
-        lines.append("No complete trial yet: there is no best value or configuration.")
-    else:
-        if summary.best_seeds:
-            lines.append(
-                f"Best `{metric}`: **{summary.best_text()}**, the answer's recommendation. "
-                f"The best search value, {summary.search_text()}."
-            )
-        else:
-            lines.append(
-                f"Best `{metric}`: **{summary.best_value:.6g}** (trial {summary.best_number})"
-            )
-        if summary.best_config:
-            import yaml
-
-            doc = yaml.safe_dump(summary.best_config, sort_keys=False, default_flow_style=None)
-            lines += ["", "```yaml", doc.rstrip(), "```"]
-        if curve is not None:
-            lines += ["", _describe_curve(curve, summary.best_config or {})]
+    lines += _best_section(summary, curve)
     if ranking:
         lines += ["", "## Best per optimizer in the search", ""]
-        cols = ("complete", *_OTHER_OUTCOMES)
-        lines.append(f"| rank | optimizer | best {metric} | trial | " + " | ".join(cols) + " |")
-        lines.append("|---:|---|---:|---:|" + "---:|" * len(cols))
-        for i, r in enumerate(ranking, 1):
-            best = "—" if r.best_value is None else f"{r.best_value:.6g}"
-            trial = "—" if r.best_number is None else str(r.best_number)
-            counts = " | ".join(str(r.counts.get(c, 0)) for c in cols)
-            lines.append(f"| {i} | {r.optimizer} | {best} | {trial} | {counts} |")
+        lines += _ranking_table(ranking, metric)
     if importances:
         lines += ["", "## Hyperparameter importances (fANOVA)", ""]
         for title, result in importances.items():
@@ -902,6 +940,42 @@ def _summary_markdown(
         else:
             lines.append(f"- {title}: not written ({skipped.get(name, 'not available')})")
     return "\n".join(lines) + "\n"
+
+
+def _best_section(summary: StudySummary, curve: LrCurve | None) -> list[str]:
+    """The lines of ``summary.md``'s Best section: the best value, its configuration (YAML)
+    and its learning rate in words, or that there is no best yet."""
+    metric = summary.metric
+    if summary.best_value is None:
+        return ["No complete trial yet: there is no best value or configuration."]
+    if summary.best_seeds:
+        lines = [
+            f"Best `{metric}`: **{summary.best_text()}**, the answer's recommendation. "
+            f"The best search value, {summary.search_text()}."
+        ]
+    else:
+        lines = [f"Best `{metric}`: **{summary.best_value:.6g}** (trial {summary.best_number})"]
+    if summary.best_config:
+        import yaml
+
+        doc = yaml.safe_dump(summary.best_config, sort_keys=False, default_flow_style=None)
+        lines += ["", "```yaml", doc.rstrip(), "```"]
+    if curve is not None:
+        lines += ["", _describe_curve(curve, summary.best_config or {})]
+    return lines
+
+
+def _ranking_table(ranking: Sequence[OptimizerResult], metric: str) -> list[str]:
+    """The markdown table of each optimizer's best search value and counts by outcome."""
+    cols = ("complete", *_OTHER_OUTCOMES)
+    lines = [f"| rank | optimizer | best {metric} | trial | " + " | ".join(cols) + " |"]
+    lines.append("|---:|---|---:|---:|" + "---:|" * len(cols))
+    for i, r in enumerate(ranking, 1):
+        best = "—" if r.best_value is None else f"{r.best_value:.6g}"
+        trial = "—" if r.best_number is None else str(r.best_number)
+        counts = " | ".join(str(r.counts.get(c, 0)) for c in cols)
+        lines.append(f"| {i} | {r.optimizer} | {best} | {trial} | {counts} |")
+    return lines
 
 
 def report_study_file(

@@ -25,7 +25,11 @@ from tuner.worker.objective import load_objective
 from tuner.worker.runner import Worker
 
 if TYPE_CHECKING:
+    import optuna
+
     from tuner.config.studyfile import StudyFile
+    from tuner.db.session import Session
+    from tuner.tracking import Tracker
 
 __all__ = ["STARTUP_PATIENCE", "run_worker"]
 
@@ -68,31 +72,11 @@ def run_worker(
         device = resolve_slots(study_file.workers.devices, 1)[0].tag
     check_device(device)
     # Every trial seeds torch (tuner.worker.runner): import it now, not inside the first trial,
-    # where
-    # its seconds on a loaded machine counted against budget.trial_timeout, in a C import that
-    # the watchdog cannot interrupt; launch then killed each new worker in its first trial.
+    # where its seconds on a loaded machine counted against budget.trial_timeout, in a C import
+    # that the watchdog cannot interrupt; launch then killed each new worker in its first trial.
     import torch  # noqa: F401
 
-    # launch numbers its workers; a worker started by hand on another machine takes a number
-    # from its host and pid, so no two workers share a sampler seed.
-    index = os.environ.get(WORKER_INDEX_ENV, "")
-    worker = (
-        int(index) if index.isdigit() else worker_index(f"{socket.gethostname()}/{os.getpid()}")
-    )
-    # Under launch the records go to the launch process, which has MLflow open: this process
-    # never imports MLflow (seconds per worker start; tuner.tracking._relay).
-    relayed = events is not None and not tracking_off(study_file.mlflow.tracking_uri)
-    try:
-        session = open_session(
-            study_file, patience=STARTUP_PATIENCE, worker=worker, tracking=not relayed
-        )
-    except StorageFailure as exc:  # e.g. no connection left: launch stops, says this line
-        if events is not None:
-            events({"event": "storage_failure", "message": str(exc)})
-        raise
-    if relayed:
-        assert events is not None
-        session.tracker = RelayTracker(events)
+    session = _open_worker_session(study_file, _worker_number(), events)
     study, tracker = session.study, session.tracker
     if deadline is None and study_file.budget.timeout:
         deadline = time.time() + study_file.budget.timeout
@@ -110,9 +94,61 @@ def run_worker(
         events=events,
         parent_pid=supervisor_pid,
     )
+    reason = _run_to_the_end(worker, study_file, study, tracker, under_launch=events is not None)
+    if events is not None:
+        # Everything is recorded: launch need not wait for this process's teardown (about a
+        # second after torch) to write its summary.
+        events({"event": "done", "reason": reason})
+    return reason
+
+
+def _worker_number() -> int:
+    """This worker's number, which seeds its sampler.
+
+    launch numbers its workers; a worker started by hand on another machine takes a number
+    from its host and pid, so no two workers share a sampler seed.
+    """
+    index = os.environ.get(WORKER_INDEX_ENV, "")
+    return int(index) if index.isdigit() else worker_index(f"{socket.gethostname()}/{os.getpid()}")
+
+
+def _open_worker_session(
+    study_file: StudyFile, worker: int, events: Callable[[dict[str, Any]], None] | None
+) -> Session:
+    """Open the study's session for worker number ``worker``. Under launch (``events`` set)
+    the MLflow records are relayed to launch, and a storage that cannot be reached is
+    reported to it before the error is raised."""
+    # Under launch the records go to the launch process, which has MLflow open: this process
+    # never imports MLflow (seconds per worker start; tuner.tracking._relay).
+    relayed = events is not None and not tracking_off(study_file.mlflow.tracking_uri)
+    try:
+        session = open_session(
+            study_file, patience=STARTUP_PATIENCE, worker=worker, tracking=not relayed
+        )
+    except StorageFailure as exc:  # e.g. no connection left: launch stops, says this line
+        if events is not None:
+            events({"event": "storage_failure", "message": str(exc)})
+        raise
+    if relayed:
+        assert events is not None
+        session.tracker = RelayTracker(events)
+    return session
+
+
+def _run_to_the_end(
+    worker: Worker,
+    study_file: StudyFile,
+    study: optuna.Study,
+    tracker: Tracker,
+    *,
+    under_launch: bool,
+) -> str:
+    """Run ``worker`` until the budget is spent and return why it stopped; then close the
+    tracker and the storage's connections, whatever happened. A worker on its own updates
+    the study's parent run (under launch, the supervisor does)."""
     try:
         reason = worker.run()
-        if events is None:  # under launch, the supervisor updates the parent run
+        if not under_launch:
             update_parent_run(
                 tracker,
                 summarize(study, budget=study_file.budget.trials, compare=study_file.compare),
@@ -124,8 +160,4 @@ def run_worker(
         storage = rdb_storage(study)
         if storage is not None:
             storage.engine.dispose()
-    if events is not None:
-        # Everything is recorded: launch need not wait for this process's teardown (about a
-        # second after torch) to write its summary.
-        events({"event": "done", "reason": reason})
     return reason

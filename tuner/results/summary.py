@@ -118,6 +118,7 @@ class StudySummary:
         return sum(self.counts.get(k, 0) for k in ("complete", "pruned", "diverged"))
 
     def format(self) -> str:
+        """The summary as the table ``tuner`` prints: ``tuner status``, and a worker at its end."""
         lines = [f"study {self.name!r} ({self.direction} {self.metric})"]
         if self.answer is not None:
             lines.append(f"  answer            {self.answer.sentence()}")
@@ -127,28 +128,8 @@ class StudySummary:
         by_outcome = ", ".join(f"{k} {self.counts[k]}" for k in order if self.counts.get(k))
         lines.append(f"  by outcome        {by_outcome or 'none yet'}")
         lines.extend(f"  {note}" for note in self.search_notes)
-        answer = self.answer
-        if answer is not None and answer.replicates_planned:
-            lines.append(
-                f"  replicates        {answer.replicates_done} of {answer.replicates_planned} "
-                f"({answer.seeds} seeds x {len(answer.finalists)} finalists, not in the "
-                f"budget), {format_duration(answer.replicate_seconds)} of training"
-            )
-
-            lines.append(
-                f"    {'finalist':<12}{'mean':>10}{'95% interval':>24}{'tier':>6}"
-                f"{'s/epoch':>10}{'opt. state':>12}"
-            )
-            recommended = answer.recommended if answer.replicated else None
-            for f in answer.finalists:
-                mean = "—" if f.mean is None else f"{f.mean:.4g}"
-                ci = "—" if f.ci95 is None else f"[{f.ci95[0]:.4g}, {f.ci95[1]:.4g}]"
-                spe = "—" if f.seconds_per_epoch is None else f"{f.seconds_per_epoch:.3g}"
-                mark = "  recommended" if f is recommended else ""
-                lines.append(
-                    f"    {f.optimizer:<12}{mean:>10}{ci:>24}{f.group:>6}{spe:>10}"
-                    f"{format_bytes(f.state_bytes):>12}{mark}"
-                )
+        if self.answer is not None and self.answer.replicates_planned:
+            lines.extend(_replicate_lines(self.answer))
         if self.best_value is None:
             lines.append("  best              no complete trial yet")
         else:
@@ -168,16 +149,47 @@ class StudySummary:
             lines.append(f"  MLflow            {self.mlflow_view}")
         if self.running:
             lines.append("  running trials")
-            now = time.time()
-            for t in self.running:
-                started = t.datetime_start.timestamp() if t.datetime_start else now
-                host = t.user_attrs.get(ATTR.HOST, "?")
-                device = t.user_attrs.get(ATTR.DEVICE, "?")
-                lines.append(
-                    f"    trial {t.number:<5} on {host} {device:<8} "
-                    f"for {format_duration(now - started)}"
-                )
+            lines.extend(_running_lines(self.running))
         return "\n".join(lines)
+
+
+def _replicate_lines(answer: Answer) -> list[str]:
+    """The replicates' progress, then a table of the finalists: each one's mean, interval,
+    tier, speed and optimizer state, the recommended one marked."""
+    lines = [
+        f"  replicates        {answer.replicates_done} of {answer.replicates_planned} "
+        f"({answer.seeds} seeds x {len(answer.finalists)} finalists, not in the "
+        f"budget), {format_duration(answer.replicate_seconds)} of training"
+    ]
+    lines.append(
+        f"    {'finalist':<12}{'mean':>10}{'95% interval':>24}{'tier':>6}"
+        f"{'s/epoch':>10}{'opt. state':>12}"
+    )
+    recommended = answer.recommended if answer.replicated else None
+    for f in answer.finalists:
+        mean = "—" if f.mean is None else f"{f.mean:.4g}"
+        ci = "—" if f.ci95 is None else f"[{f.ci95[0]:.4g}, {f.ci95[1]:.4g}]"
+        spe = "—" if f.seconds_per_epoch is None else f"{f.seconds_per_epoch:.3g}"
+        mark = "  recommended" if f is recommended else ""
+        lines.append(
+            f"    {f.optimizer:<12}{mean:>10}{ci:>24}{f.group:>6}{spe:>10}"
+            f"{format_bytes(f.state_bytes):>12}{mark}"
+        )
+    return lines
+
+
+def _running_lines(running: list[FrozenTrial]) -> list[str]:
+    """One line per running trial: its number, host, device and how long it has run."""
+    lines = []
+    now = time.time()
+    for t in running:
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        host = t.user_attrs.get(ATTR.HOST, "?")
+        device = t.user_attrs.get(ATTR.DEVICE, "?")
+        lines.append(
+            f"    trial {t.number:<5} on {host} {device:<8} for {format_duration(now - started)}"
+        )
+    return lines
 
 
 def summarize(

@@ -236,15 +236,8 @@ def _ensure_range_test(
             return RangeTest.from_dict(attrs[RANGE_TEST_ATTR])
         with lock():
             attrs = study.user_attrs
-            if RANGE_TEST_ATTR in attrs:
-                return RangeTest.from_dict(attrs[RANGE_TEST_ATTR])
-            if any(
-                t.user_attrs.get(PORTFOLIO_ENTRY_ATTR) is None
-                for t in study.get_trials(deepcopy=False)
-            ):
-                # A study searched before it had a range test keeps the ranges it searched.
-                test = RangeTest((), skipped="skipped: the study already had search trials")
-                study.set_user_attr(RANGE_TEST_ATTR, test.to_dict())
+            test = _stored_or_skipped(study, attrs)
+            if test is not None:
                 return test
             claims = {f: attrs.get(_CLAIM + f) for f in families}
             done = {f: c for f, c in claims.items() if c and c.get("state") == "done"}
@@ -257,11 +250,7 @@ def _ensure_range_test(
             failed = next((c for c in done.values() if c.get("error") and not c["steps"]), None)
             if mine is not None and failed is not None:
                 # The objective cannot run the probe: do not try every family again.
-                lo, hi = probe_bounds(mine)
-                skipped = ProbeOutcome(
-                    mine, None, (lo, hi), 0, 0.0, failed["error"], tuple(families[mine])
-                )
-                study.set_user_attr(_CLAIM + mine, {"state": "done", **skipped.to_dict()})
+                _skip_probe(study, mine, families[mine], failed["error"])
                 continue
             if mine is not None:
                 study.set_user_attr(
@@ -276,17 +265,51 @@ def _ensure_range_test(
         if not announced:
             log.info("lr range test: probing %s", ", ".join(families))
             announced = True
-        outcome = replace(
-            run_probe(objective, mine, sf, device=device), members=tuple(families[mine])
+        _probe_claimed(study, objective, mine, families[mine], sf, device)
+
+
+def _stored_or_skipped(study: optuna.Study, attrs: dict[str, Any]) -> RangeTest | None:
+    """Under the lock: the range test stored in ``attrs``; else, for a study that already has
+    search trials, a skipped one, stored now; else None."""
+    if RANGE_TEST_ATTR in attrs:
+        return RangeTest.from_dict(attrs[RANGE_TEST_ATTR])
+    if any(
+        t.user_attrs.get(PORTFOLIO_ENTRY_ATTR) is None for t in study.get_trials(deepcopy=False)
+    ):
+        # A study searched before it had a range test keeps the ranges it searched.
+        test = RangeTest((), skipped="skipped: the study already had search trials")
+        study.set_user_attr(RANGE_TEST_ATTR, test.to_dict())
+        return test
+    return None
+
+
+def _skip_probe(study: optuna.Study, family: str, members: list[str], error: str) -> None:
+    """Under the lock: record ``family``'s probe as done without running it, with the
+    ``error`` of a probe that already failed for want of an objective that can run one."""
+    lo, hi = probe_bounds(family)
+    skipped = ProbeOutcome(family, None, (lo, hi), 0, 0.0, error, tuple(members))
+    study.set_user_attr(_CLAIM + family, {"state": "done", **skipped.to_dict()})
+
+
+def _probe_claimed(
+    study: optuna.Study,
+    objective: Callable[[Trial], float],
+    family: str,
+    members: list[str],
+    sf: StudyFile,
+    device: str,
+) -> None:
+    """Run the probe of ``family``, which this worker claimed, and store its outcome (a failed
+    probe is logged: the family keeps the catalog's lr range)."""
+    outcome = replace(run_probe(objective, family, sf, device=device), members=tuple(members))
+    if outcome.error:
+        log.warning(
+            "lr range test: the probe of %s failed: %s; searching the catalog's lr range "
+            "(search.lr_range_test: off skips the probe)",
+            family,
+            outcome.error,
         )
-        if outcome.error:
-            log.warning(
-                "lr range test: the probe of %s failed: %s; searching the catalog's lr range "
-                "(search.lr_range_test: off skips the probe)",
-                mine,
-                outcome.error,
-            )
-        study.set_user_attr(_CLAIM + mine, {"state": "done", **outcome.to_dict()})
+    study.set_user_attr(_CLAIM + family, {"state": "done", **outcome.to_dict()})
 
 
 def _stale(claim: dict[str, Any]) -> bool:

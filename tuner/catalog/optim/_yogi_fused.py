@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -90,6 +91,16 @@ def check_fused_param(p: Tensor) -> None:
         )
 
 
+_DEVICE_FUNCTIONS: list[Callable] = []
+
+
+def _device_function(fn: Callable) -> Callable:
+    """Mark ``fn`` as a function the kernel calls: :func:`_kernel` jits it with the kernel, for
+    the kernel's mode (Triton inlines it), and the kernel finds it under its own name."""
+    _DEVICE_FUNCTIONS.append(fn)
+    return fn
+
+
 def _yogi_kernel(
     rows,
     owners,
@@ -110,23 +121,66 @@ def _yogi_kernel(
     block = tl.program_id(0)
     tensor = tl.load(owners + block)
     row = rows + tensor * ROW
-    param_ptr = tl.load(row).to(tl.pointer_type(DTYPE))
-    grad_ptr = tl.load(row + 1).to(tl.pointer_type(DTYPE))
-    exp_avg_ptr = tl.load(row + 2).to(tl.pointer_type(DTYPE))
-    exp_avg_sq_ptr = tl.load(row + 3).to(tl.pointer_type(DTYPE))
-    if ALIGNED:
-        # Every address is a multiple of 16 bytes (checked on the host), which lets the compiler
-        # use 128-bit loads and stores. The hint must sit on the pointer: on the integer it
-        # was cast from, it does not reach the loads.
-        param_ptr = tl.multiple_of(param_ptr, 16)
-        grad_ptr = tl.multiple_of(grad_ptr, 16)
-        exp_avg_ptr = tl.multiple_of(exp_avg_ptr, 16)
-        exp_avg_sq_ptr = tl.multiple_of(exp_avg_sq_ptr, 16)
+    param_ptr = _tensor_pointer(row, 0, ALIGNED, DTYPE)
+    grad_ptr = _tensor_pointer(row, 1, ALIGNED, DTYPE)
+    exp_avg_ptr = _tensor_pointer(row, 2, ALIGNED, DTYPE)
+    exp_avg_sq_ptr = _tensor_pointer(row, 3, ALIGNED, DTYPE)
     step_ptr = tl.load(row + 4).to(tl.pointer_type(tl.float32))
     numel = tl.load(row + 5)
     start = (block - tl.load(row + 6)) * BLOCK
     offsets = start + tl.arange(0, BLOCK)
+    step_size, eps_hat = _step_size_and_eps(step_ptr, lr, one_minus_beta1, one_minus_beta2, eps)
 
+    # Full blocks load and store without a mask, which the compiler vectorizes; only a tensor's
+    # last block needs one.
+    full = start + BLOCK <= numel
+    mask = offsets < numel
+    param, grad, exp_avg, exp_avg_sq = _load_block(
+        param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, offsets, full, mask
+    )
+    param, exp_avg, exp_avg_sq = _yogi_update(
+        param,
+        grad,
+        exp_avg,
+        exp_avg_sq,
+        step_size,
+        eps_hat,
+        one_minus_beta1,
+        one_minus_beta2,
+        weight_decay,
+        MAXIMIZE,
+        WEIGHT_DECAY,
+    )
+    _store_block(
+        param_ptr,
+        exp_avg_ptr,
+        exp_avg_sq_ptr,
+        param,
+        exp_avg,
+        exp_avg_sq,
+        offsets,
+        full,
+        mask,
+        DTYPE,
+    )
+
+
+@_device_function
+def _tensor_pointer(row, column, ALIGNED: tl.constexpr, DTYPE: tl.constexpr):
+    """The address in ``column`` of the tensor's table row, as a pointer to ``DTYPE``."""
+    ptr = tl.load(row + column).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        # Every address is a multiple of 16 bytes (checked on the host), which lets the compiler
+        # use 128-bit loads and stores. The hint must sit on the pointer: on the integer it
+        # was cast from, it does not reach the loads.
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
+
+
+@_device_function
+def _step_size_and_eps(step_ptr, lr, one_minus_beta1, one_minus_beta2, eps):
+    """The step size (negative: the update adds it) and the epsilon, both bias-corrected for
+    the tensor's step count, in float32."""
     # Bias corrections in float64 from the step count, already incremented: beta**t as
     # exp(t * log(beta)), which float64 keeps to ~1e-15 relative. beta is rebuilt from 1 - beta,
     # which float32 holds to 8 digits where beta itself loses them (0.999 is 0.99900001 in
@@ -137,11 +191,13 @@ def _yogi_kernel(
     bias_correction2_sqrt = tl.sqrt(1.0 - beta2_t)
     step_size = (-tl.cast(lr, tl.float64) * bias_correction2_sqrt / (1.0 - beta1_t)).to(tl.float32)
     eps_hat = (tl.cast(eps, tl.float64) * bias_correction2_sqrt).to(tl.float32)
+    return step_size, eps_hat
 
-    # Full blocks load and store without a mask, which the compiler vectorizes; only a tensor's
-    # last block needs one.
-    full = start + BLOCK <= numel
-    mask = offsets < numel
+
+@_device_function
+def _load_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, offsets, full, mask):
+    """The block's parameter, gradient and moments, in float32; a masked-off value reads as
+    0 (1 for the second moment, whose square root divides)."""
     if full:
         param = tl.load(param_ptr + offsets)
         grad = tl.load(grad_ptr + offsets)
@@ -156,7 +212,24 @@ def _yogi_kernel(
     grad = grad.to(tl.float32)
     exp_avg = exp_avg.to(tl.float32)
     exp_avg_sq = exp_avg_sq.to(tl.float32)
+    return param, grad, exp_avg, exp_avg_sq
 
+
+@_device_function
+def _yogi_update(
+    param,
+    grad,
+    exp_avg,
+    exp_avg_sq,
+    step_size,
+    eps_hat,
+    one_minus_beta1,
+    one_minus_beta2,
+    weight_decay,
+    MAXIMIZE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr,
+):
+    """Yogi's update of one block in float32: the new parameter and moments."""
     if MAXIMIZE:
         grad = -grad
     if WEIGHT_DECAY:
@@ -174,7 +247,23 @@ def _yogi_kernel(
     exp_avg_sq = exp_avg_sq - one_minus_beta2 * (sign * grad_sq)
     denom = tl.sqrt_rn(exp_avg_sq) + eps_hat
     param = param + step_size * tl.div_rn(exp_avg, denom)
+    return param, exp_avg, exp_avg_sq
 
+
+@_device_function
+def _store_block(
+    param_ptr,
+    exp_avg_ptr,
+    exp_avg_sq_ptr,
+    param,
+    exp_avg,
+    exp_avg_sq,
+    offsets,
+    full,
+    mask,
+    DTYPE: tl.constexpr,
+):
+    """Store the block's parameter and moments back, as ``DTYPE``."""
     if full:
         tl.store(param_ptr + offsets, param.to(DTYPE))
         tl.store(exp_avg_ptr + offsets, exp_avg.to(DTYPE))
@@ -188,9 +277,20 @@ def _yogi_kernel(
 @functools.cache
 def _kernel(interpret: bool) -> Callable:
     """The kernel, jitted for the mode Triton reads from ``TRITON_INTERPRET`` when decorating:
-    compiled for CUDA, or run by the CPU interpreter. Both can live in one process."""
+    compiled for CUDA, or run by the CPU interpreter. Both can live in one process.
+
+    So the functions the kernel calls are jitted here too, for the same mode, and the kernel
+    reads them from a namespace of its own: module-level ``@triton.jit`` functions would be
+    jitted once, at import, for one mode only (a compiled kernel cannot call an interpreted
+    function, nor the interpreter a compiled one).
+    """
     del interpret  # the cache key: triton.jit reads the environment itself
-    return triton.jit(_yogi_kernel)
+    scope = dict(globals())
+    scope.update((fn.__name__, triton.jit(fn)) for fn in _DEVICE_FUNCTIONS)
+    kernel = types.FunctionType(_yogi_kernel.__code__, scope, argdefs=_yogi_kernel.__defaults__)
+    kernel.__annotations__ = _yogi_kernel.__annotations__
+    kernel.__doc__ = _yogi_kernel.__doc__
+    return triton.jit(kernel)
 
 
 _TRITON_DTYPES = (
