@@ -568,33 +568,14 @@ def open_storage(
     """
     normalized = normalize_url(url)
     dialect = dialect_of(normalized)
-    kwargs: dict[str, Any] = {
-        "heartbeat_interval": heartbeat_interval,
-        "grace_period": grace_period,
-    }
-    if failed_trial_callback is not None:
-        # Optuna 4.9 renamed the argument and warns about the old name.
-        name = (
-            "heartbeat_stale_trial_callback"
-            if "heartbeat_stale_trial_callback" in _RDB_PARAMETERS
-            else "failed_trial_callback"
-        )
-        kwargs[name] = failed_trial_callback
-    # Errors are raised outside the ``except`` blocks so that no driver exception is chained to
-    # the StorageError: the message carries a scrubbed summary instead.
-    error: StorageError | None = None
-    try:
-        sqlalchemy.engine.make_url(normalized)
-    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
-        error = StorageError(
-            f"invalid storage URL {redact(url)}: {_scrub(str(exc), url)}",
-            hint=_URL_HINT,
-        )
-    if error is not None:
-        raise error
+    kwargs = _rdb_kwargs(heartbeat_interval, grace_period, failed_trial_callback)
+    _check_url(url, normalized)
     if not create:
         _check_exists(url, normalized, dialect)
         kwargs["skip_table_creation"] = True
+    # Errors are raised outside the ``except`` blocks so that no driver exception is chained to
+    # the StorageError: the message carries a scrubbed summary instead.
+    error: StorageError | None = None
     try:
         with warnings.catch_warnings():
             # tuner relies on heartbeats on purpose; Optuna flags the argument as experimental.
@@ -607,7 +588,52 @@ def open_storage(
                 )
                 if dialect == "sqlite" and create and _sqlite_path(normalized) is not None:
                     _use_wal(storage)
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+    except Exception as exc:  # what each kind means, said once in _open_error
+        error = _open_error(exc, url, dialect)
+    if error is not None:
+        raise error
+    storage.retry_attempts = retry_attempts
+    return storage
+
+
+def _rdb_kwargs(
+    heartbeat_interval: int | None,
+    grace_period: int | None,
+    failed_trial_callback: FailedTrialCallback | None,
+) -> dict[str, Any]:
+    """RDBStorage's heartbeat arguments, under the callback's name in the installed Optuna."""
+    kwargs: dict[str, Any] = {
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period,
+    }
+    if failed_trial_callback is not None:
+        # Optuna 4.9 renamed the argument and warns about the old name.
+        name = (
+            "heartbeat_stale_trial_callback"
+            if "heartbeat_stale_trial_callback" in _RDB_PARAMETERS
+            else "failed_trial_callback"
+        )
+        kwargs[name] = failed_trial_callback
+    return kwargs
+
+
+def _check_url(url: str, normalized: str) -> None:
+    """A StorageError for a URL SQLAlchemy cannot parse, with no driver exception chained."""
+    error: StorageError | None = None
+    try:
+        sqlalchemy.engine.make_url(normalized)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        error = StorageError(
+            f"invalid storage URL {redact(url)}: {_scrub(str(exc), url)}",
+            hint=_URL_HINT,
+        )
+    if error is not None:
+        raise error
+
+
+def _open_error(exc: Exception, url: str, dialect: str) -> StorageError:
+    """The StorageError for ``exc`` raised while opening the storage; other errors re-raise."""
+    if isinstance(exc, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
         reason = _reason(exc, url)
         # A cause the user must fix (a full disk, a missing folder...) is said as it is.
         error = storage_failure(exc, url) or StorageError(
@@ -615,27 +641,26 @@ def open_storage(
             hint=_hint(exc, dialect, reason, url),
         )
         error.transient = is_transient_error(exc)
-    except OSError as exc:  # tuner's lock file beside an SQLite database
-        error = storage_failure(exc, url)
-        if error is None:
-            raise
-    except ImportError as exc:
-        error = StorageError(
+        return error
+    if isinstance(exc, OSError):  # tuner's lock file beside an SQLite database
+        failure = storage_failure(exc, url)
+        if failure is None:
+            raise exc
+        return failure
+    if isinstance(exc, ImportError):
+        return StorageError(
             f"cannot open the study storage {redact(url)} ({dialect}): "
             f"its database driver is not installed ({_scrub(str(exc), url)})",
             hint="install the driver, e.g. `pip install 'psycopg[binary]'` for PostgreSQL",
         )
-    except RuntimeError as exc:
+    if isinstance(exc, RuntimeError):
         # Optuna's schema version check: the database was written by another Optuna version.
-        error = StorageError(
+        return StorageError(
             f"cannot use the study storage {redact(url)} ({dialect}): {_scrub(str(exc), url)}",
             hint="run `optuna storage upgrade --storage URL` or use the Optuna version that "
             "created it",
         )
-    if error is not None:
-        raise error
-    storage.retry_attempts = retry_attempts
-    return storage
+    raise exc
 
 
 def _check_exists(url: str, normalized: str, dialect: str) -> None:

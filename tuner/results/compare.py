@@ -467,8 +467,6 @@ def compute_answer(
     """The answer from the study's trials: finalists, replicates, intervals, tiers, winner."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     direction = study.direction.name.lower()
-    metric = str(study.user_attrs.get(ATTR.METRIC, "value"))
-    sign = -1.0 if direction == "maximize" else 1.0
     chosen = finalists(trials, direction, compare.finalists)
     rows = [
         Finalist(
@@ -479,6 +477,24 @@ def compute_answer(
         )
         for t in chosen
     ]
+    done, seconds = _collect_replicates(rows, trials)
+    target = _rank(rows, direction)
+    return Answer(
+        study=study.study_name,
+        metric=str(study.user_attrs.get(ATTR.METRIC, "value")),
+        direction=direction,
+        finalists=rows,
+        seeds=compare.seeds,
+        replicates_done=done,
+        replicates_planned=len(rows) * compare.seeds,
+        replicate_seconds=seconds,
+        target=target,
+    )
+
+
+def _collect_replicates(rows: list[Finalist], trials: Sequence[FrozenTrial]) -> tuple[int, float]:
+    """Fill each finalist's replicate values, curves, mean, interval and cost from ``trials``;
+    returns how many replicates finished and the seconds all replicates took."""
     by_trial = {f.trial: f for f in rows}
     done = 0
     seconds = 0.0
@@ -505,36 +521,31 @@ def compute_answer(
             row.mean = math.fsum(values) / len(values)
             row.ci95 = t_interval(values)
         _measure_cost(row, costs[row.trial])
-    replicated = any(r.mean is not None for r in rows)
-    target = None
-    if replicated:
-        # Best replicate mean first; a finalist with no finished replicate goes last.
-        rows.sort(key=lambda r: (r.mean is None, sign * (r.mean or 0.0), sign * r.search_value))
-        _assign_groups(rows)
-        tier1 = [r.mean for r in rows if r.group == 1 and r.mean is not None]
-        target = min(tier1) if direction == "maximize" else max(tier1)
-        for row in rows:
-            reached = [
-                s
-                for curve in row.curves.values()
-                if (s := steps_to_target(curve, target, direction)) is not None
-            ]
-            row.target_reached = len(reached)
-            row.steps_to_target = math.fsum(reached) / len(reached) if reached else None
-    else:
+    return done, seconds
+
+
+def _rank(rows: list[Finalist], direction: str) -> float | None:
+    """Order the finalists and give them their tiers; returns the target (the worst mean in
+    tier 1) with each finalist's steps to reach it, or None before any replicate finished."""
+    if not any(r.mean is not None for r in rows):
         for i, row in enumerate(rows, 1):
             row.group = i
-    return Answer(
-        study=study.study_name,
-        metric=metric,
-        direction=direction,
-        finalists=rows,
-        seeds=compare.seeds,
-        replicates_done=done,
-        replicates_planned=len(rows) * compare.seeds,
-        replicate_seconds=seconds,
-        target=target,
-    )
+        return None
+    sign = -1.0 if direction == "maximize" else 1.0
+    # Best replicate mean first; a finalist with no finished replicate goes last.
+    rows.sort(key=lambda r: (r.mean is None, sign * (r.mean or 0.0), sign * r.search_value))
+    _assign_groups(rows)
+    tier1 = [r.mean for r in rows if r.group == 1 and r.mean is not None]
+    target = min(tier1) if direction == "maximize" else max(tier1)
+    for row in rows:
+        reached = [
+            s
+            for curve in row.curves.values()
+            if (s := steps_to_target(curve, target, direction)) is not None
+        ]
+        row.target_reached = len(reached)
+        row.steps_to_target = math.fsum(reached) / len(reached) if reached else None
+    return target
 
 
 def steps_to_target(curve: Mapping[int, float], target: float, direction: str) -> int | None:
