@@ -534,8 +534,8 @@ def run_tuner(
     ``trial.step_loss`` (where tuner.Trial has it) for the range test to read.
     """
     from tuner.config.studyfile import StudyFile
+    from tuner.core.keys import ATTR
     from tuner.db.session import open_session
-    from tuner.search import RANGE_TEST_ATTR
     from tuner.worker.runner import Worker
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -573,7 +573,7 @@ def run_tuner(
             for t in study.trials
             if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)
         ]
-        return _best(done, problem.direction), study.user_attrs.get(RANGE_TEST_ATTR)
+        return _best(done, problem.direction), study.user_attrs.get(ATTR.LR_RANGE_TEST)
 
 
 def _best(values: list[float], direction: str) -> float:

@@ -21,13 +21,11 @@ from optuna.trial import TrialState
 from tests.conftest import REGRESSION
 from tuner.cli import cli
 from tuner.config.studyfile import StudyFile, load_study_file
+from tuner.core.keys import ATTR
 from tuner.db.session import open_session
 from tuner.sampling.pruner import ScheduleMedianPruner
 from tuner.sampling.sampler import worker_seed
 from tuner.search import (
-    PORTFOLIO_ATTR,
-    PORTFOLIO_ENTRY_ATTR,
-    RANGE_TEST_ATTR,
     LrProbe,
     run_probe,
 )
@@ -246,7 +244,7 @@ def test_range_test_is_stored_shown_and_not_run_again_on_resume(make_study):
     sf = load_study_file(path)
     objective = Counting()
     study = worker(sf, objective)
-    stored = study.user_attrs[RANGE_TEST_ATTR]
+    stored = study.user_attrs[ATTR.LR_RANGE_TEST]
     probed = {f["optimizer"]: f for f in stored["families"]}
     # One probe per family: adam speaks for adamw too.
     assert sorted(probed) == ["adam", "sgd"]
@@ -290,7 +288,7 @@ def test_an_objective_that_hands_over_its_loss_is_probed_on_the_loss(make_study)
     namespace: dict = {}
     exec(compile(source, "obj.py", "exec"), namespace)
     study = worker(load_study_file(path), namespace["objective"])
-    stored = study.user_attrs[RANGE_TEST_ATTR]
+    stored = study.user_attrs[ATTR.LR_RANGE_TEST]
     assert {f["signal"] for f in stored["families"]} == {"loss"}
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     out = CliRunner().invoke(cli, ["status", str(path)]).stdout
@@ -302,7 +300,7 @@ def test_range_test_off_searches_the_catalog_ranges(make_study):
     path = make_study(search={"lr_range_test": "off", "portfolio": False})
     objective = Counting()
     study = worker(load_study_file(path), objective)
-    assert RANGE_TEST_ATTR not in study.user_attrs
+    assert ATTR.LR_RANGE_TEST not in study.user_attrs
     assert objective.calls == 4
     lows = {t.distributions[k].low for t in study.trials for k in t.params if k.endswith(".lr")}
     assert lows <= {1e-5, 1e-4}  # adam's and sgd's catalog lows
@@ -353,14 +351,14 @@ def test_portfolio_configurations_are_the_first_trials_adapted_to_the_optimizer_
         budget={"trials": 6},
     )
     study = worker(load_study_file(path), Counting())
-    assert study.user_attrs[PORTFOLIO_ATTR] == ["nesterov-cosine", "adam-constant", "sgd-cosine"]
+    assert study.user_attrs[ATTR.PORTFOLIO] == ["nesterov-cosine", "adam-constant", "sgd-cosine"]
     first, second = study.trials[:2]
-    assert first.user_attrs[PORTFOLIO_ENTRY_ATTR] == "nesterov-cosine"
+    assert first.user_attrs[ATTR.PORTFOLIO_ENTRY] == "nesterov-cosine"
     cfg = first.user_attrs["tuner:config"]
     assert cfg["optimizer"] == "nesterov" and cfg["schedule"]["name"] == "cosine"
     assert cfg["momentum"] == pytest.approx(0.9) and cfg["warmup"]["fraction"] == 0.05
     # Its rate comes from the range test: 0.3 of the nesterov family's divergence point.
-    families = {f["optimizer"]: f for f in study.user_attrs[RANGE_TEST_ATTR]["families"]}
+    families = {f["optimizer"]: f for f in study.user_attrs[ATTR.LR_RANGE_TEST]["families"]}
     assert cfg["lr"] == pytest.approx(0.3 * families["nesterov"]["range"][1])
     assert second.user_attrs["tuner:config"]["optimizer"] == "adam"
     assert second.user_attrs["tuner:config"]["schedule"]["name"] == "constant"
@@ -368,12 +366,12 @@ def test_portfolio_configurations_are_the_first_trials_adapted_to_the_optimizer_
     sgd = study.trials[2].user_attrs["tuner:config"]
     assert sgd["optimizer"] == "sgd"
     assert sgd["lr"] == pytest.approx(0.3 * families["nesterov"]["range"][1] / 1.9)
-    assert PORTFOLIO_ENTRY_ATTR not in study.trials[3].user_attrs
+    assert ATTR.PORTFOLIO_ENTRY not in study.trials[3].user_attrs
     # Never more than half the budget: a 2-trial study gets one portfolio trial.
     small = make_study(
         name="small", search={"optimizers": {"adam": {}, "sgd": {}}, **ON}, budget={"trials": 2}
     )
-    assert worker(load_study_file(small), Counting()).user_attrs[PORTFOLIO_ATTR] == [
+    assert worker(load_study_file(small), Counting()).user_attrs[ATTR.PORTFOLIO] == [
         "adam-constant"
     ]
 
@@ -381,7 +379,7 @@ def test_portfolio_configurations_are_the_first_trials_adapted_to_the_optimizer_
 def test_portfolio_false_and_bad_switches(make_study):
     path = make_study(search={"portfolio": False, "lr_range_test": "off"})
     study = worker(load_study_file(path), Counting())
-    assert study.user_attrs.get(PORTFOLIO_ATTR) is None
+    assert study.user_attrs.get(ATTR.PORTFOLIO) is None
     bad = make_study(search={"lr_range_test": "maybe"})
     result = CliRunner().invoke(cli, ["launch", str(bad)])
     assert result.exit_code == 2

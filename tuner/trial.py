@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from tuner.catalog.export import OptimizerConfig
     from tuner.tracking import TrialRecorder
 
-__all__ = ["DIVERGENCE_FACTOR", "Trial", "TrialDiverged", "TrialPruned"]
+__all__ = ["DIVERGENCE_FACTOR", "Trial", "TrialDiverged", "TrialPruned", "seed_everything"]
 
 TrialPruned = optuna.TrialPruned
 
@@ -190,3 +191,14 @@ class Trial:
                 step=step,
             )
         self._largest = max(self._largest, abs(value))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators: what a trial (and a range-test probe)
+    runs with, so that a seeded study trains reproducibly."""
+    import numpy as np
+    import torch  # here: tuner launch imports this module and never torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -44,6 +44,7 @@ from tuner.config.studyfile import CompareConfig, StudyFile
 from tuner.core.errors import TunerError
 from tuner.core.filenames import safe_filename
 from tuner.core.keys import ATTR, OUTCOMES, Outcome
+from tuner.core.trials import SHOWN_OUTCOMES, optimizer_of, outcome_of
 from tuner.db.session import load_study
 from tuner.results.compare import compute_answer, describe_answer, describe_config, is_replicate
 from tuner.results.summary import StudySummary, summarize
@@ -70,9 +71,6 @@ __all__ = [
 # fANOVA fits a random forest to the trials; below this many the importances are noise.
 MIN_IMPORTANCE_TRIALS = 5
 
-_CONFIG = ATTR.CONFIG
-_OUTCOME = ATTR.OUTCOME
-_TOTAL_STEPS = ATTR.TOTAL_STEPS
 _OTHER_OUTCOMES = tuple(o for o in OUTCOMES if o != Outcome.COMPLETE.value)
 _OUTCOME_STYLE = {  # marker, colour
     "pruned": ("v", "0.45"),
@@ -233,7 +231,7 @@ def _save_search_plots(
         out.skipped["param_importances"] = "; ".join(f"{k}: {v}" for k, v in importances.items())
     else:
         out.save("param_importances", _plot_importances(importances, metric))
-    own = [t for t in complete if _optimizer_of(t) == best_opt]
+    own = [t for t in complete if optimizer_of(t) == best_opt]
     why = plots.sparse_reason(own, f"a parallel-coordinates plot of {best_opt}")
     if why is None:
         out.save("parallel_coordinates", _plot_parallel(own, best_opt, direction, metric))
@@ -377,25 +375,6 @@ def param_importances(
     return optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
 
 
-def _outcome(t: FrozenTrial) -> str:
-    # The same reading as tuner.results.summary: tuner's own outcome, else the Optuna state.
-    if t.state == TrialState.RUNNING:
-        return "running"
-    if t.state == TrialState.WAITING:
-        return "waiting"
-    if _OUTCOME in t.user_attrs:
-        return str(t.user_attrs[_OUTCOME])
-    if t.state == TrialState.FAIL:
-        return "interrupted"  # its worker died mid-trial
-    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}[t.state]
-
-
-def _optimizer_of(t: FrozenTrial) -> str | None:
-    config = t.user_attrs.get(_CONFIG) or {}
-    name = config.get("optimizer", t.params.get("optimizer"))
-    return None if name is None else str(name)
-
-
 def _complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [
         t
@@ -408,14 +387,14 @@ def _rank_optimizers(trials: Sequence[FrozenTrial], direction: str) -> list[Opti
     sign = -1.0 if direction == "maximize" else 1.0
     grouped: dict[str, list[FrozenTrial]] = {}
     for t in trials:
-        name = _optimizer_of(t)
+        name = optimizer_of(t)
         if name is not None:
             grouped.setdefault(name, []).append(t)
     results = []
     for name, ts in grouped.items():
         counts: dict[str, int] = {}
         for t in ts:
-            counts[_outcome(t)] = counts.get(_outcome(t), 0) + 1
+            counts[outcome_of(t)] = counts.get(outcome_of(t), 0) + 1
         done = _complete(ts)
         best = min(done, key=lambda t: sign * t.value) if done else None
         results.append(
@@ -464,7 +443,7 @@ def _importances(
         views[f"all complete trials ({len(complete)})"] = param_importances(shared)
     except ValueError as exc:
         views[f"all complete trials ({len(complete)})"] = str(exc)
-    own = [t for t in complete if _optimizer_of(t) == best_optimizer]
+    own = [t for t in complete if optimizer_of(t) == best_optimizer]
     mine = [p for p in _common_params(own) if p.startswith(f"{best_optimizer}.")]
     mine += [p for p in _common_params(own) if not p.startswith(f"{best_optimizer}.")]
     mine = [p for p in mine if p != "optimizer"]
@@ -482,13 +461,13 @@ def _with_shared_lr(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     Each optimizer samples its own ``<optimizer>.lr``, so no lr parameter is common to all
     trials; yet "how much does the learning rate matter" is the first question asked.
     """
-    lrs = [(t.user_attrs.get(_CONFIG) or {}).get("lr") for t in trials]
+    lrs = [(t.user_attrs.get(ATTR.CONFIG) or {}).get("lr") for t in trials]
     if any(not isinstance(lr, int | float) or lr <= 0 for lr in lrs) or len(set(lrs)) < 2:
         return list(trials)
     dist = FloatDistribution(min(lrs), max(lrs), log=True)
     out = []
     for t, lr in zip(trials, lrs, strict=True):
-        own_lr = f"{_optimizer_of(t)}.lr"
+        own_lr = f"{optimizer_of(t)}.lr"
         params = {p: v for p, v in t.params.items() if p != own_lr}
         dists = {p: t.distributions[p] for p in params}
         out.append(
@@ -502,8 +481,8 @@ def _with_shared_lr(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def _best_lr_curve(best: FrozenTrial) -> LrCurve | str:
-    config = best.user_attrs.get(_CONFIG)
-    total = best.user_attrs.get(_TOTAL_STEPS)
+    config = best.user_attrs.get(ATTR.CONFIG)
+    total = best.user_attrs.get(ATTR.TOTAL_STEPS)
     if not config:
         return f"the best trial ({best.number}) has no recorded configuration"
     if not isinstance(total, int) or total < 1:
@@ -543,7 +522,7 @@ def _fmt(value: Any) -> str:
 def _plot_history(
     trials: Sequence[FrozenTrial], direction: str, metric: str, colors: Mapping[str, Any]
 ) -> tuple[Figure, int]:
-    others = {o: [t.number for t in trials if _outcome(t) == o] for o in _OTHER_OUTCOMES}
+    others = {o: [t.number for t in trials if outcome_of(t) == o] for o in _OTHER_OUTCOMES}
     others = {o: n for o, n in others.items() if n}
     fig = Figure(layout="constrained", figsize=(9, 5.5 if others else 4.5))
     if others:
@@ -597,7 +576,7 @@ def _scatter_history(
     a trial of none known); returns how many points were drawn at the axis's edge."""
     off = 0
     for name in colors:
-        mine = [t for t in complete if _optimizer_of(t) == name]
+        mine = [t for t in complete if optimizer_of(t) == name]
         if mine:
             off += plots.scatter_clipped(
                 ax,
@@ -609,7 +588,7 @@ def _scatter_history(
                 label=f"{name} ({len(mine)})",
                 zorder=3,
             )
-    unknown = [t for t in complete if _optimizer_of(t) not in colors]
+    unknown = [t for t in complete if optimizer_of(t) not in colors]
     if unknown:
         off += plots.scatter_clipped(
             ax,
@@ -826,7 +805,7 @@ def _better_side(direction: str) -> str:
 
 
 def _plot_lr(curve: LrCurve, best: FrozenTrial, metric: str, summary: StudySummary) -> Figure:
-    config = best.user_attrs.get(_CONFIG) or {}
+    config = best.user_attrs.get(ATTR.CONFIG) or {}
     schedule = config.get("schedule") or {}
     sched_name = schedule.get("name", "constant") if isinstance(schedule, dict) else schedule
     fig = Figure(layout="constrained", figsize=(8, 4.2))
@@ -916,7 +895,7 @@ def _summary_markdown(
     total = sum(summary.counts.values())
     lines.append(f"- finished trials: {summary.finished}{budget} ({total} trials in all)")
     lines += ["", "## Trials by outcome", "", "| outcome | trials |", "|---|---:|"]
-    order = ("complete", "pruned", "diverged", "failed", "interrupted", "running", "waiting")
+    order = SHOWN_OUTCOMES
     keys = [k for k in order if summary.counts.get(k)]
     keys += sorted(k for k in summary.counts if k not in order)
     lines += [f"| {k} | {summary.counts[k]} |" for k in keys] or ["| (none) | 0 |"]
@@ -967,7 +946,7 @@ def _best_section(summary: StudySummary, curve: LrCurve | None) -> list[str]:
 
 def _ranking_table(ranking: Sequence[OptimizerResult], metric: str) -> list[str]:
     """The markdown table of each optimizer's best search value and counts by outcome."""
-    cols = ("complete", *_OTHER_OUTCOMES)
+    cols = (Outcome.COMPLETE.value, *_OTHER_OUTCOMES)
     lines = [f"| rank | optimizer | best {metric} | trial | " + " | ".join(cols) + " |"]
     lines.append("|---:|---|---:|---:|" + "---:|" * len(cols))
     for i, r in enumerate(ranking, 1):

@@ -18,9 +18,17 @@ from collections.abc import Mapping
 
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.core.keys import ATTR, Outcome
+from tuner.core.keys import ATTR, OUTCOMES, Outcome
 
-__all__ = ["FINISHED_STATES", "OUTCOME_OF_STATE", "count_finished", "optimizer_of", "outcome_of"]
+__all__ = [
+    "FINISHED_OUTCOMES",
+    "FINISHED_STATES",
+    "OUTCOME_OF_STATE",
+    "SHOWN_OUTCOMES",
+    "count_finished",
+    "optimizer_of",
+    "outcome_of",
+]
 
 #: The outcome a trial of each Optuna state has when its worker recorded none.
 OUTCOME_OF_STATE: dict[TrialState, str] = {
@@ -34,6 +42,12 @@ OUTCOME_OF_STATE: dict[TrialState, str] = {
 #: The states of a trial that counts against the budget as done: complete or pruned.
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
+#: The same trials by outcome: a diverged trial is stored PRUNED (so TPE ranks it worst).
+FINISHED_OUTCOMES = (Outcome.COMPLETE.value, Outcome.PRUNED.value, Outcome.DIVERGED.value)
+
+#: Every outcome as the summary and the report list them, in that order.
+SHOWN_OUTCOMES = (*OUTCOMES, "running", "waiting")
+
 
 def count_finished(counts: Mapping[TrialState, int]) -> int:
     """How many trials of ``counts`` (trials by state) finished: complete plus pruned."""
@@ -41,9 +55,17 @@ def count_finished(counts: Mapping[TrialState, int]) -> int:
 
 
 def outcome_of(trial: FrozenTrial) -> str:
-    """The trial's outcome: the one its worker recorded, else its state's."""
+    """The trial's outcome: ``running`` or ``waiting`` while it is; else the one its worker
+    recorded; else its state's, where a FAIL without one is ``interrupted`` (its worker died
+    mid-trial, and a retry was queued)."""
+    if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+        return OUTCOME_OF_STATE[trial.state]
     recorded = trial.user_attrs.get(ATTR.OUTCOME)
-    return str(recorded) if recorded is not None else OUTCOME_OF_STATE[trial.state]
+    if recorded:
+        return str(recorded)
+    if trial.state == TrialState.FAIL:
+        return Outcome.INTERRUPTED.value
+    return OUTCOME_OF_STATE[trial.state]
 
 
 def optimizer_of(trial: FrozenTrial) -> str | None:

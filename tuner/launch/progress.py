@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from tuner.core.durations import format_duration
 from tuner.core.keys import Outcome
 from tuner.core.trials import count_finished
 from tuner.db.trialdb import count_states
 from tuner.results.compare import is_replicate, replicate_counts
-from tuner.results.summary import format_duration, summarize
+from tuner.results.summary import summarize
 
 if TYPE_CHECKING:
     from tuner.config.studyfile import StudyFile

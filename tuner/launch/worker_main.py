@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tuner.core.errors import StorageFailure
+from tuner.core.keys import EVENT
 from tuner.core.private_api import rdb_storage
 from tuner.db.session import open_session
 from tuner.db.storage import warn_if_sqlite_shared
@@ -98,7 +99,7 @@ def run_worker(
     if events is not None:
         # Everything is recorded: launch need not wait for this process's teardown (about a
         # second after torch) to write its summary.
-        events({"event": "done", "reason": reason})
+        events({"event": EVENT.DONE, "reason": reason})
     return reason
 
 
@@ -127,7 +128,7 @@ def _open_worker_session(
         )
     except StorageFailure as exc:  # e.g. no connection left: launch stops, says this line
         if events is not None:
-            events({"event": "storage_failure", "message": str(exc)})
+            events({"event": EVENT.STORAGE_FAILURE, "message": str(exc)})
         raise
     if relayed:
         assert events is not None

@@ -17,8 +17,10 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.core.keys import ATTR
+from tuner.core.durations import format_duration
+from tuner.core.keys import ATTR, TAG
 from tuner.core.redact import redact
+from tuner.core.trials import FINISHED_OUTCOMES, SHOWN_OUTCOMES, outcome_of
 from tuner.results.compare import (
     Answer,
     compute_answer,
@@ -26,7 +28,7 @@ from tuner.results.compare import (
     format_bytes,
     is_replicate,
 )
-from tuner.search import PORTFOLIO_ATTR, RANGE_TEST_ATTR, describe_range_test
+from tuner.search import describe_range_test
 
 if TYPE_CHECKING:
     from tuner.config.studyfile import CompareConfig
@@ -35,20 +37,11 @@ if TYPE_CHECKING:
 __all__ = [
     "BestOf",
     "StudySummary",
-    "format_duration",
     "mlflow_view",
     "study_results",
     "summarize",
     "update_parent_run",
 ]
-
-_OUTCOME_OF_STATE = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
-    TrialState.RUNNING: "running",
-    TrialState.WAITING: "waiting",
-}
 
 
 @dataclass(frozen=True)
@@ -115,7 +108,7 @@ class StudySummary:
     @property
     def finished(self) -> int:
         """Trials that count toward the budget: complete, pruned and diverged."""
-        return sum(self.counts.get(k, 0) for k in ("complete", "pruned", "diverged"))
+        return sum(self.counts.get(k, 0) for k in FINISHED_OUTCOMES)
 
     def format(self) -> str:
         """The summary as the table ``tuner`` prints: ``tuner status``, and a worker at its end."""
@@ -124,8 +117,9 @@ class StudySummary:
             lines.append(f"  answer            {self.answer.sentence()}")
         budget = f" of {self.budget}" if self.budget is not None else ""
         lines.append(f"  finished trials   {self.finished}{budget}")
-        order = ("complete", "pruned", "diverged", "failed", "interrupted", "running", "waiting")
-        by_outcome = ", ".join(f"{k} {self.counts[k]}" for k in order if self.counts.get(k))
+        by_outcome = ", ".join(
+            f"{k} {self.counts[k]}" for k in SHOWN_OUTCOMES if self.counts.get(k)
+        )
         lines.append(f"  by outcome        {by_outcome or 'none yet'}")
         lines.extend(f"  {note}" for note in self.search_notes)
         if self.answer is not None and self.answer.replicates_planned:
@@ -201,11 +195,7 @@ def summarize(
     trials = [t for t in all_trials if not is_replicate(t)]
     counts: dict[str, int] = {}
     for t in trials:
-        outcome = t.user_attrs.get(ATTR.OUTCOME) or _OUTCOME_OF_STATE[t.state]
-        if t.state in (TrialState.RUNNING, TrialState.WAITING):
-            outcome = _OUTCOME_OF_STATE[t.state]
-        elif t.state == TrialState.FAIL and ATTR.OUTCOME not in t.user_attrs:
-            outcome = "interrupted"  # its worker died mid-trial; a retry was queued
+        outcome = outcome_of(t)
         counts[outcome] = counts.get(outcome, 0) + 1
     summary = StudySummary(
         name=study.study_name,
@@ -252,27 +242,15 @@ def summarize(
 
 def _search_notes(summary: StudySummary, attrs: dict[str, Any]) -> None:
     """What the pre-search phase did: the range test's findings and the portfolio."""
-    test = attrs.get(RANGE_TEST_ATTR)
+    test = attrs.get(ATTR.LR_RANGE_TEST)
     summary.search_notes = describe_range_test(test)
     if test and not test.get("skipped"):
         summary.range_test_epochs = float(test.get("epochs", 0.0))
-    portfolio = attrs.get(PORTFOLIO_ATTR)
+    portfolio = attrs.get(ATTR.PORTFOLIO)
     if portfolio:
         summary.search_notes.append(
             f"portfolio: {len(portfolio)} known-good first trials ({', '.join(portfolio)})"
         )
-
-
-def format_duration(seconds: float) -> str:
-    """``95`` -> ``1m35s``."""
-    seconds = max(0, round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{s:02d}s"
-    return f"{s}s"
 
 
 def _fmt(value: Any) -> str:
@@ -351,10 +329,10 @@ def study_results(
         # The parent run leads with the answer: its description (MLflow's note) and a file.
         artifacts["answer.json"] = answer.dumps()
         tags["mlflow.note.content"] = describe_answer(answer)
-        tags["tuner.answer"] = answer.sentence()
-        tags["tuner.winner"] = answer.finalists[0].optimizer
+        tags[TAG.ANSWER] = answer.sentence()
+        tags[TAG.WINNER] = answer.finalists[0].optimizer
         if recommended is not None:
-            tags["tuner.recommended"] = recommended.optimizer
+            tags[TAG.RECOMMENDED] = recommended.optimizer
     # What the pre-search phase found (tuner.search): the range test and the portfolio.
     if summary.range_test_epochs is not None:
         metrics["lr_range_test_epochs"] = float(summary.range_test_epochs)

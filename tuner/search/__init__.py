@@ -13,9 +13,6 @@ Seeds, TPE settings and the default pruner are one layer down, in :mod:`tuner.sa
 from __future__ import annotations
 
 from tuner.search._phase import (
-    PORTFOLIO_ATTR,
-    PORTFOLIO_ENTRY_ATTR,
-    RANGE_TEST_ATTR,
     RangeTest,
     apply_ranges,
     describe_range_test,
@@ -27,9 +24,6 @@ from tuner.search._range_test import LrProbe, ProbeOutcome, probe_bounds, search
 
 __all__ = [
     "PORTFOLIO",
-    "PORTFOLIO_ATTR",
-    "PORTFOLIO_ENTRY_ATTR",
-    "RANGE_TEST_ATTR",
     "LrProbe",
     "ProbeOutcome",
     "RangeTest",

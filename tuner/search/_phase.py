@@ -44,7 +44,7 @@ from tuner.search._range_test import (
     probe_plan,
     probe_steps,
 )
-from tuner.trial import Trial, TrialDiverged
+from tuner.trial import Trial, TrialDiverged, seed_everything
 
 if TYPE_CHECKING:
     import threading
@@ -53,8 +53,6 @@ if TYPE_CHECKING:
     from tuner.config.studyfile import StudyFile
 
 __all__ = [
-    "PORTFOLIO_ATTR",
-    "RANGE_TEST_ATTR",
     "RangeTest",
     "describe_range_test",
     "prepare_search",
@@ -63,10 +61,7 @@ __all__ = [
 
 log = logging.getLogger("tuner")
 
-RANGE_TEST_ATTR = ATTR.LR_RANGE_TEST
-PORTFOLIO_ATTR = ATTR.PORTFOLIO
-PORTFOLIO_ENTRY_ATTR = ATTR.PORTFOLIO_ENTRY
-_CLAIM = RANGE_TEST_ATTR + ":"
+_CLAIM = ATTR.LR_RANGE_TEST + ":"
 CLAIM_EXPIRY_S = 1800.0
 
 
@@ -199,9 +194,9 @@ def prepare_search(
     space = study_file.search
     test = _ensure_range_test(study, study_file, objective, lock, device, stop, poll_interval)
     space = apply_ranges(space, test)
-    if space.portfolio and PORTFOLIO_ATTR not in study.user_attrs:
+    if space.portfolio and ATTR.PORTFOLIO not in study.user_attrs:
         with lock():
-            if PORTFOLIO_ATTR not in study.user_attrs:
+            if ATTR.PORTFOLIO not in study.user_attrs:
                 names: list[str] = []
                 if not study.get_trials(deepcopy=False):
                     entries = portfolio_trials(space, test.portfolio_rates() if test else {})
@@ -209,9 +204,9 @@ def prepare_search(
                     # beyond the budget would be run all the same (the runner takes waiting
                     # trials first), breaking the exact budget.
                     for name, params in entries[: max(1, study_file.budget.trials // 2)]:
-                        study.enqueue_trial(params, user_attrs={PORTFOLIO_ENTRY_ATTR: name})
+                        study.enqueue_trial(params, user_attrs={ATTR.PORTFOLIO_ENTRY: name})
                         names.append(name)
-                study.set_user_attr(PORTFOLIO_ATTR, names)
+                study.set_user_attr(ATTR.PORTFOLIO, names)
     return space
 
 
@@ -232,8 +227,8 @@ def _ensure_range_test(
     announced = False
     while True:
         attrs = study.user_attrs
-        if RANGE_TEST_ATTR in attrs:
-            return RangeTest.from_dict(attrs[RANGE_TEST_ATTR])
+        if ATTR.LR_RANGE_TEST in attrs:
+            return RangeTest.from_dict(attrs[ATTR.LR_RANGE_TEST])
         with lock():
             attrs = study.user_attrs
             test = _stored_or_skipped(study, attrs)
@@ -243,7 +238,7 @@ def _ensure_range_test(
             done = {f: c for f, c in claims.items() if c and c.get("state") == "done"}
             if len(done) == len(families):
                 test = RangeTest(tuple(ProbeOutcome.from_dict(done[f]) for f in families))
-                study.set_user_attr(RANGE_TEST_ATTR, test.to_dict())
+                study.set_user_attr(ATTR.LR_RANGE_TEST, test.to_dict())
                 _log_result(test)
                 return test
             mine = next((f for f, c in claims.items() if c is None or _stale(c)), None)
@@ -271,14 +266,14 @@ def _ensure_range_test(
 def _stored_or_skipped(study: optuna.Study, attrs: dict[str, Any]) -> RangeTest | None:
     """Under the lock: the range test stored in ``attrs``; else, for a study that already has
     search trials, a skipped one, stored now; else None."""
-    if RANGE_TEST_ATTR in attrs:
-        return RangeTest.from_dict(attrs[RANGE_TEST_ATTR])
+    if ATTR.LR_RANGE_TEST in attrs:
+        return RangeTest.from_dict(attrs[ATTR.LR_RANGE_TEST])
     if any(
-        t.user_attrs.get(PORTFOLIO_ENTRY_ATTR) is None for t in study.get_trials(deepcopy=False)
+        t.user_attrs.get(ATTR.PORTFOLIO_ENTRY) is None for t in study.get_trials(deepcopy=False)
     ):
         # A study searched before it had a range test keeps the ranges it searched.
         test = RangeTest((), skipped="skipped: the study already had search trials")
-        study.set_user_attr(RANGE_TEST_ATTR, test.to_dict())
+        study.set_user_attr(ATTR.LR_RANGE_TEST, test.to_dict())
         return test
     return None
 
@@ -397,12 +392,7 @@ def _probe_trial(
         if isinstance(base, int)
         else random.randrange(2**31)
     )
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     # A scratch in-memory study gives the objective a real optuna.Trial, so its own suggest_*
     # calls work; nothing of it reaches the study database.
     scratch = optuna.create_study(

@@ -15,7 +15,6 @@ import gc
 import logging
 import math
 import os
-import random
 import signal
 import socket
 import threading
@@ -48,7 +47,7 @@ from tuner.db.trialdb import (
 )
 from tuner.results import compare
 from tuner.search import prepare_search
-from tuner.trial import Trial, TrialDiverged
+from tuner.trial import Trial, TrialDiverged, seed_everything
 
 if TYPE_CHECKING:
     from tuner.config.space import SearchSpace
@@ -450,7 +449,7 @@ class Worker:
         seed = trial_seed(_sampler_seed(sf), ot.number)
         if replicate is not None:
             seed = int(replicate["seed"])
-        _seed_everything(seed)
+        seed_everything(seed)
         number = ot.number
         steps = self._steps = set()
         self._objective_s = None
@@ -703,15 +702,6 @@ def _flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _sampler_seed(study_file: StudyFile) -> int:
     seed = study_file.sampler.options.get("seed") if study_file.sampler.options else None
     return int(seed) if isinstance(seed, int) else 0
-
-
-def _seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _free_device_memory() -> None:
