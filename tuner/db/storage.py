@@ -182,6 +182,17 @@ def retry(
     """
     if attempts < 1:
         raise ValueError(f"`attempts >= 1` must hold, but got (attempts={attempts})")
+    try:
+        return fn()  # the common case, once per storage call, pays nothing for the machinery
+    except Exception as exc:
+        if attempts == 1 or not is_transient(exc):
+            raise
+        failed: list[Exception] = [exc]
+
+    def again() -> T:  # tenacity's attempt 1 is the one that just failed
+        if failed:
+            raise failed.pop()
+        return fn()
 
     def wait(state: RetryCallState) -> float:
         return min(delay * 2 ** (state.attempt_number - 1), max_delay) * random.uniform(0.8, 1.2)
@@ -203,7 +214,7 @@ def retry(
         before_sleep=say,
         reraise=True,  # the last transient error, and every other one, propagate unchanged
     )
-    return retrying(fn)
+    return retrying(again)
 
 
 # How deep this thread is in RetryingRDBStorage calls: only the outermost call retries.

@@ -10,6 +10,7 @@ by loading trials, so its cost stays flat as the study grows.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -21,9 +22,10 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql import Executable
 
 from tuner.core.keys import ATTR, Outcome
 from tuner.core.private_api import (
@@ -244,32 +246,40 @@ def budget_counts(study: optuna.Study) -> tuple[dict[TrialState, int], int]:
     storage = rdb_storage(study)
     if storage is None:
         return count_states(study), count_outcome(study, Outcome.FAILED.value)
+    query = _budget_query()
+    params = {"sid": study_id(study), "failed": json.dumps(Outcome.FAILED.value)}
+
+    def count() -> list[Any]:
+        with storage.engine.connect() as conn:
+            return list(conn.execute(query, params).all())
+
+    rows = retry(count, attempts=getattr(storage, "retry_attempts", DEFAULT_ATTEMPTS))
+    counts = {state_of(state): n for state, n, _ in rows}
+    return counts, int(rows[0][2]) if rows else 0
+
+
+@functools.cache
+def _budget_query() -> Executable:
+    """The budget's one query, built once (building it costs more than running it): trials by
+    state, and the objective's own failures among the FAIL ones; parameters ``sid``, ``failed``."""
     trials, attributes, _ = optuna_tables()
     failed = trials.alias("f")
     failures = (
         select(func.count())
         .select_from(failed.join(attributes, attributes.c.trial_id == failed.c.trial_id))
         .where(
-            failed.c.study_id == study_id(study),
+            failed.c.study_id == bindparam("sid"),
             failed.c.state == TrialState.FAIL,
             attributes.c.key == ATTR.OUTCOME,
-            attributes.c.value_json == json.dumps(Outcome.FAILED.value),
+            attributes.c.value_json == bindparam("failed"),
         )
         .scalar_subquery()
     )
-    query = (
+    return (
         select(trials.c.state, func.count(), failures)
-        .where(trials.c.study_id == study_id(study))
+        .where(trials.c.study_id == bindparam("sid"))
         .group_by(trials.c.state)
     )
-
-    def count() -> list[Any]:
-        with storage.engine.connect() as conn:
-            return list(conn.execute(query).all())
-
-    rows = retry(count, attempts=getattr(storage, "retry_attempts", DEFAULT_ATTEMPTS))
-    counts = {state_of(state): n for state, n, _ in rows}
-    return counts, int(rows[0][2]) if rows else 0
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:
