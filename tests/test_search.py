@@ -215,6 +215,49 @@ def test_an_uncertain_probe_never_lowers_a_portfolio_rate_below_the_literature()
     assert adam_lr({"adam": (0.005, "diverged")}) == pytest.approx(0.0005)
 
 
+def test_an_uncertain_rise_a_decade_above_the_literature_adds_one_raised_entry_per_family():
+    from tuner.config.space import parse_search
+    from tuner.search import portfolio_trials
+
+    space = parse_search({"optimizers": ["adamw", "adam", "momentum", "sgd"]})
+
+    def entries(rates) -> dict[str, float]:
+        out = {}
+        for name, params in portfolio_trials(space, rates):
+            out[name] = next(v for k, v in params.items() if k.endswith(".lr"))
+        return out
+
+    def rises(adam: float, momentum: float, verdict: str = "ambiguous") -> dict:
+        return {
+            "adamw": (adam, verdict),
+            "adam": (adam, verdict),
+            "momentum": (momentum, verdict),
+            "sgd": (momentum / 1.9, verdict),
+        }
+
+    literature = {
+        "adamw-cosine": 1e-3,
+        "adam-constant": 1e-3,
+        "momentum-step": 0.1,
+        "sgd-cosine": 0.1,
+    }
+    assert entries({}) == pytest.approx(literature)
+    # Adam's norm rose at 0.2 without blowing up, momentum's at 4: a tenth of Adam's rise
+    # (0.02) and 0.3 of momentum's (1.2) lie a decade or more above the literature's rates. The
+    # literature's entries stay first and unchanged (widen, never cut); each family's first
+    # entry also runs at `lr_fraction` of the rise, once, after them.
+    raised = entries(rises(0.2, 4.0))
+    assert list(raised) == [*literature, "adamw-cosine@rise", "momentum-step@rise"]
+    assert raised == pytest.approx(
+        {**literature, "adamw-cosine@rise": 0.02, "momentum-step@rise": 1.2}
+    )
+    # Less than a decade above the literature (Adam 0.005, momentum 0.24): nothing is added.
+    assert entries(rises(0.05, 0.8)) == pytest.approx(literature)
+    # A blow-up moves the entries to its ceiling, a stable probe may raise them: no extra entry.
+    assert list(entries(rises(0.2, 4.0, "diverged"))) == list(literature)
+    assert list(entries(rises(0.2, 4.0, "stable"))) == list(literature)
+
+
 def worker(sf: StudyFile, objective) -> optuna.Study:
     session = open_session(sf)
     study, tracker = session.study, session.tracker

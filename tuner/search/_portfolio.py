@@ -26,11 +26,17 @@ import yaml
 from tuner.catalog.hparams import Choice, Domain, Fixed, HyperParam
 from tuner.catalog.optim import get_optimizer
 from tuner.catalog.schedules import WARMUP_HPARAMS, get_schedule
+from tuner.search._range_test import FAMILIES
 
 if TYPE_CHECKING:
     from tuner.config.space import SearchSpace
 
 __all__ = ["PORTFOLIO", "portfolio_trials"]
+
+# An ambiguous rise adds a raised entry (``<name>@rise``) only where ``lr_fraction`` of the rise
+# lies this far above the literature's rate: closer, the literature's entry already tells the
+# sampler about that region, and one more trial there only costs the search a trial.
+RAISE_DECADE = 10.0
 
 
 def _load() -> tuple[dict[str, Any], ...]:
@@ -55,42 +61,80 @@ def portfolio_trials(
     (after the loss had blown up and the units died) put momentum's at 70x its literature rate
     (benchmarks/RESULTS.md, issue 16). Where nothing happened up to the ramp's top, the rate
     may rise above the literature's, never fall below it.
+
+    An uncertain rise can still say that the literature's rate is far too low for this run
+    (Adam's 1e-3 over the 240 steps of a small transformer, where the best constant rate is
+    near 1e-2): where ``lr_fraction`` of the rise lies :data:`RAISE_DECADE` times the
+    literature's rate or more, the family's first entry also runs at that fraction of the rise,
+    once per family, after every literature entry. That widens the portfolio and never moves
+    an entry (the literature's rates all still run).
     """
     by_name = {o.name: o for o in space.optimizers}
     schedules = {s.name: s for s in space.schedules}
-    out = []
+    out, extra, raised = [], [], set()
     for entry in PORTFOLIO:
         name = entry["optimizer"]
         if name not in by_name:
             continue
-        spec = get_optimizer(name)
-        values = {**spec.default_values, **entry.get("values", {}), "lr": entry["lr"]}
+        lr = entry["lr"]
         point, verdict = rates.get(name, (None, "ambiguous"))
         if point is not None and verdict == "diverged":
-            values["lr"] = point * entry["lr_fraction"]
+            lr = point * entry["lr_fraction"]
         elif point is not None and verdict == "stable":
-            values["lr"] = max(entry["lr"], point * entry["lr_fraction"])
-        params: dict[str, Any] = {}
-        if len(by_name) > 1:
-            params["optimizer"] = name
-        for hp in spec.hparams:
-            params.update(_params(hp, by_name[name].domains[hp.name], values[hp.name], name))
-        sched = entry.get("schedule", {"name": "constant"})
-        chosen = schedules.get(sched["name"])
-        if chosen is not None:  # else the sampler picks the schedule
-            if len(schedules) > 1:
-                params["schedule"] = chosen.name
-            sched_spec = get_schedule(chosen.name)
-            for hp in sched_spec.hparams:
-                value = sched.get(hp.name, sched_spec.default_values.get(hp.name))
-                prefix = f"schedule.{chosen.name}"
-                params.update(_params(hp, chosen.domains[hp.name], value, prefix))
-        warmup = space.warmup
-        if warmup is not None and warmup.unit == "fraction":
-            fraction = entry.get("warmup", {}).get("fraction", 0.0)
-            params.update(_params(WARMUP_HPARAMS["fraction"], warmup.length, fraction, "warmup"))
-        out.append((entry["name"], params))
-    return out
+            lr = max(entry["lr"], point * entry["lr_fraction"])
+        out.append((entry["name"], _entry_params(space, by_name, schedules, entry, lr)))
+        family = _family(name)
+        if (
+            point is not None
+            and verdict == "ambiguous"
+            and point * entry["lr_fraction"] >= RAISE_DECADE * entry["lr"]
+            and family not in raised
+        ):
+            # The probe is unsure, and its rise puts the rate a decade or more above the
+            # literature's: the family's first such entry also runs at ``lr_fraction`` of the
+            # rise, after every literature entry (a small budget's cap drops it first).
+            raised.add(family)
+            rise = point * entry["lr_fraction"]
+            params = _entry_params(space, by_name, schedules, entry, rise)
+            extra.append((f"{entry['name']}@rise", params))
+    return out + extra
+
+
+def _family(optimizer: str) -> str:
+    return next((k for k, members in FAMILIES.items() if optimizer in members), optimizer)
+
+
+def _entry_params(
+    space: SearchSpace,
+    by_name: Mapping[str, Any],
+    schedules: Mapping[str, Any],
+    entry: Mapping[str, Any],
+    lr: float,
+) -> dict[str, Any]:
+    """The Optuna parameters of one portfolio entry at learning rate ``lr``."""
+    name = entry["optimizer"]
+    spec = get_optimizer(name)
+    values = {**spec.default_values, **entry.get("values", {}), "lr": lr}
+    params: dict[str, Any] = {}
+    if len(by_name) > 1:
+        params["optimizer"] = name
+    for hp in spec.hparams:
+        params.update(_params(hp, by_name[name].domains[hp.name], values[hp.name], name))
+    sched = entry.get("schedule", {"name": "constant"})
+    chosen = schedules.get(sched["name"])
+    if chosen is not None:  # else the sampler picks the schedule
+        if len(schedules) > 1:
+            params["schedule"] = chosen.name
+        sched_spec = get_schedule(chosen.name)
+        for hp in sched_spec.hparams:
+            value = sched.get(hp.name, sched_spec.default_values.get(hp.name))
+            prefix = f"schedule.{chosen.name}"
+            params.update(_params(hp, chosen.domains[hp.name], value, prefix))
+    warmup = space.warmup
+    if warmup is not None and warmup.unit == "fraction":
+        fraction = entry.get("warmup", {}).get("fraction", 0.0)
+        params.update(_params(WARMUP_HPARAMS["fraction"], warmup.length, fraction, "warmup"))
+    return params
 
 
 def _params(hp: HyperParam, domain: Domain, value: Any, prefix: str) -> dict[str, Any]:
