@@ -10,7 +10,10 @@ from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from tests.pgutil import fresh_postgres_url  # noqa: F401 - a fixture for every test module
 
@@ -99,6 +102,31 @@ def make_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
     return make
 
 
+def study_reader(url: str) -> optuna.storages.RDBStorage | None:
+    """A storage for reading a study that another process writes, once its schema is complete
+    (None before). Optuna's ``RDBStorage`` stamps the schema version when it finds none, even
+    with ``skip_table_creation``: built while launch creates the tables, it races launch's own
+    stamp ("UNIQUE constraint failed: alembic_version.version_num" in launch). No pool: each
+    call opens and closes its connection, so polling holds none open."""
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            ready = all(
+                conn.execute(sqlalchemy.text(f"SELECT COUNT(*) FROM {table}")).scalar()
+                for table in ("version_info", "alembic_version")
+            )
+    except SQLAlchemyError:
+        ready = False  # no file, no tables yet
+    finally:
+        engine.dispose()
+    if not ready:
+        return None
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs={"poolclass": NullPool}, skip_compatibility_check=True,
+        skip_table_creation=True,
+    )  # fmt: skip
+
+
 def wait_for_study(
     storage: str,
     ready: Callable[[optuna.Study], bool],
@@ -108,10 +136,14 @@ def wait_for_study(
 ) -> optuna.Study:
     """Poll the study (written by another process) until ``ready(study)``; fail on timeout."""
     deadline = time.monotonic() + timeout
+    reader = None
     while time.monotonic() < deadline:
         time.sleep(0.2)
+        reader = reader or study_reader(storage)
+        if reader is None:
+            continue
         try:
-            study = optuna.load_study(study_name=study_name, storage=storage)
+            study = optuna.load_study(study_name=study_name, storage=reader)
         except KeyError:  # not created yet
             continue
         if ready(study):

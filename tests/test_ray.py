@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from tests.conftest import study_reader
 from tests.test_supervisor import HANGS as LOCAL_HANGS
 
 ray = pytest.importorskip("ray", reason="needs Ray: pip install 'tuner[ray]'")
@@ -180,20 +181,42 @@ def connections_to(url: str, timeout: float = 20.0) -> int:
         time.sleep(0.5)
 
 
-def wait_for_study(url: str, ready: Any, *, timeout: float = 120.0) -> optuna.Study:
-    """Poll the study that launch writes (one :func:`reader`) until ``ready(study)``."""
+def wait_for_study(
+    url: str,
+    ready: Any,
+    *,
+    timeout: float = 120.0,
+    launch: subprocess.Popen[str] | None = None,
+) -> optuna.Study:
+    """Poll the study that launch writes (one :func:`reader`) until ``ready(study)``.
+
+    With ``launch`` (its process), a launch that exits first, or one still running at the
+    timeout, fails the test with what launch printed: the reason is in its output, not here.
+    """
     storage = None
     give_up = time.monotonic() + timeout
     while time.monotonic() < give_up:
         time.sleep(0.2)
+        if launch is not None and launch.poll() is not None:
+            raise AssertionError(f"launch exited ({launch.returncode}) first:\n{_output(launch)}")
+        storage = storage or study_reader(url)  # once launch has made the whole schema
+        if storage is None:
+            continue
         try:
-            storage = storage or reader(url)
             study = optuna.load_study(study_name="test-study", storage=storage)
         except (KeyError, optuna.exceptions.StorageInternalError, SQLAlchemyError):
             continue  # launch has not created the study (or its tables) yet
         if ready(study):
             return study
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for the study")
+    said = f"; launch said:\n{_output(launch)}" if launch is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for the study{said}")
+
+
+def _output(launch: subprocess.Popen[str]) -> str:
+    if launch.poll() is None:
+        launch.kill()
+    _, err = launch.communicate(timeout=30)
+    return err
 
 
 def states(study: optuna.Study) -> dict[TrialState, int]:
@@ -301,8 +324,9 @@ def test_sigkill_of_an_actor_mid_trial_costs_that_trial_and_its_replacement_fini
     proc = start_launch(path, cluster)
     try:
         study = wait_for_study(
-            yaml.safe_load(path.read_text())["storage"], running_in_objective(1), timeout=120
-        )
+            yaml.safe_load(path.read_text())["storage"], running_in_objective(1), timeout=120,
+            launch=proc,
+        )  # fmt: skip
         victim = pid_of(next(t for t in study.trials if t.number == 1))
         assert victim in {a.pid for a in actors("TunerWorker", "ALIVE")}
         os.kill(victim, signal.SIGKILL)
@@ -355,7 +379,7 @@ def test_sigterm_to_launch_stops_every_actor_and_queues_their_trials(cluster, ma
     try:
         wait_for_study(
             storage, lambda s: running_in_objective(0)(s) and running_in_objective(1)(s),
-            timeout=120,
+            timeout=120, launch=proc,
         )  # fmt: skip
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
@@ -423,7 +447,7 @@ def test_two_nodes_refuse_sqlite_share_postgresql_and_survive_a_lost_node(
         try:
             running = wait_for_study(
                 fresh_postgres_url, lambda s: all(running_in_objective(n)(s) for n in range(4)),
-                timeout=120,
+                timeout=120, launch=proc,
             )  # fmt: skip
             node_of = {a.pid: a.node_id for a in actors("TunerWorker", "ALIVE")}
             on_node = {t.number: node_of[pid_of(t)] for t in running.trials}

@@ -18,8 +18,9 @@ import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
-import tuner.config.space
+import tuner.worker.runner
 from tuner.config.studyfile import load_study_file
+from tuner.core.private_api import rdb_storage, trial_id
 from tuner.db.session import open_session
 from tuner.db.trialdb import budget_counts, set_user_attrs
 from tuner.worker.objective import load_objective
@@ -107,21 +108,20 @@ def test_bookkeeping_costs_two_write_transactions_per_trial(make_study, monkeypa
 def test_the_first_heartbeat_and_host_are_stored_before_sampling(make_study, monkeypatch):
     path = make_study(NOOP, budget={"trials": 2}, workers={"heartbeat_interval": 5})
     seen: list[tuple[bool, dict[str, Any]]] = []
-    original = tuner.config.space.sample_config
+    original = tuner.worker.runner.sample_config  # the name the worker loop calls
 
     def checking(trial: optuna.Trial, space: Any) -> Any:
-        storage = trial.study._storage
-        backend = getattr(storage, "_backend", storage)
+        backend = rdb_storage(trial.study)
         with backend.engine.connect() as conn:
             beats = conn.execute(
                 sqlalchemy.text("SELECT COUNT(*) FROM trial_heartbeats WHERE trial_id = :t"),
-                {"t": trial._trial_id},
+                {"t": trial_id(trial)},
             ).scalar_one()
         fresh = optuna.load_study(study_name=trial.study.study_name, storage=backend)
         seen.append((beats == 1, fresh.trials[trial.number].user_attrs))
         return original(trial, space)
 
-    monkeypatch.setattr(tuner.config.space, "sample_config", checking)
+    monkeypatch.setattr(tuner.worker.runner, "sample_config", checking)
     _, reason = run_worker(path)
     assert reason == "budget"
     assert len(seen) == 2
