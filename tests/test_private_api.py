@@ -6,6 +6,7 @@ Real parts: an SQLite study file, Optuna's own RDBStorage and a file-backed MLfl
 
 from __future__ import annotations
 
+import ast
 import inspect
 import time
 from pathlib import Path
@@ -126,3 +127,36 @@ def test_mlflow_run_store_ends_a_run(tmp_path: Path) -> None:
     info = client.get_run(run.info.run_id).info
     assert (info.status, info.end_time) == ("FINISHED", 123)
     assert private_api.mlflow_run_store(object()) is None  # the fallback's trigger
+
+
+# The private attributes and modules tuner uses (the functions above); any other module that
+# spells one is a private use outside tuner/core/private_api.py.
+PRIVATE_ATTRIBUTES = {
+    "_storage",
+    "_study_id",
+    "_trial_id",
+    "_backend",
+    "_cached_frozen_trial",
+    "_tracking_client",
+    "_tell_with_warning",
+    *private_api.RETRIED_PRIVATE_METHODS,
+}
+
+
+def test_no_other_module_touches_optunas_or_mlflows_private_names() -> None:
+    package = Path(private_api.__file__).resolve().parents[1]
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "private_api.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            name = None
+            if isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
+                name = node.attr
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                root, *rest = node.module.split(".")
+                if root in ("optuna", "mlflow") and any(p.startswith("_") for p in rest):
+                    name = node.module
+            if name is not None:
+                found.append(f"{path.relative_to(package)}:{node.lineno}: {name}")
+    assert not found, "use tuner.core.private_api instead:\n" + "\n".join(found)

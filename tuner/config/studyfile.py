@@ -46,7 +46,14 @@ from tuner.config.space import SearchSpace, parse_search
 from tuner.core.durations import parse_duration
 from tuner.core.errors import ConfigError, ObjectiveError
 from tuner.core.redact import redact
-from tuner.sampling.registry import PRUNERS, SAMPLERS, Plugin, make_pruner, make_sampler
+from tuner.sampling.registry import (
+    PRUNERS,
+    SAMPLERS,
+    Plugin,
+    make_pruner,
+    make_sampler,
+    show_value,
+)
 
 __all__ = [
     "Budget",
@@ -688,7 +695,7 @@ def _format_error(err: Mapping[str, Any]) -> str:
         rule = f"must be {op} {bound}"
     else:
         rule = _RULES.get(kind) or str(err.get("msg", kind))
-    return f"{path}: {rule}, but got {_show(value)}"
+    return f"{path}: {rule}, but got {show_value(value)}"
 
 
 def _unknown_key(key: Any, owner: type[BaseModel] | None) -> str:
@@ -723,11 +730,6 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
         else:
             path += f".{part}" if path else str(part)
     return path
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _redact(text: str) -> str:

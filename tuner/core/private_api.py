@@ -26,6 +26,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
+    "RETRIED_PRIVATE_METHODS",
     "RetriedPrivateMethods",
     "mlflow_run_store",
     "optuna_stale_trial_ids",
@@ -33,6 +34,7 @@ __all__ = [
     "private_tell",
     "rdb_storage",
     "remember_user_attrs",
+    "state_of",
     "study_id",
     "study_storage",
     "trial_id",

@@ -12,7 +12,7 @@ import inspect
 import re
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import optuna
@@ -22,7 +22,15 @@ from tuner.core.redact import redact
 from tuner.sampling.pruner import ScheduleMedianPruner
 from tuner.sampling.sampler import tpe_defaults, worker_seed
 
-__all__ = ["PRUNERS", "SAMPLERS", "Choice", "Plugin", "PluginChoice", "make_pruner", "make_sampler"]
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "Plugin",
+    "PluginChoice",
+    "make_pruner",
+    "make_sampler",
+    "show_value",
+]
 
 
 class PluginChoice(Protocol):
@@ -33,14 +41,6 @@ class PluginChoice(Protocol):
 
     @property
     def options(self) -> Mapping[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A :class:`PluginChoice` built in code (the study file's sections are pydantic models)."""
-
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ def make_sampler(
     TPE gets tuner's settings for the conditional space (:mod:`tuner.sampling.sampler`) unless
     the study file sets them.
 
-    >>> make_sampler(Choice("random", {"seed": 0})).__class__.__name__
+    >>> from types import SimpleNamespace as Section  # what a study file's section gives
+    >>> make_sampler(Section(name="random", options={"seed": 0})).__class__.__name__
     'RandomSampler'
     """
     options = dict(cfg.options)
@@ -110,7 +111,8 @@ def make_pruner(cfg: PluginChoice, *, max_resource: int) -> optuna.pruners.BaseP
     Pruners that take a resource range get ``min_resource=1`` and ``max_resource`` (the study's
     ``budget.epochs``) unless the study file sets them.
 
-    >>> make_pruner(Choice("schedule_median", {}), max_resource=20).max_resource
+    >>> from types import SimpleNamespace as Section
+    >>> make_pruner(Section(name="schedule_median", options={}), max_resource=20).max_resource
     20
     """
     plugin = PRUNERS.get(cfg.name)
@@ -141,7 +143,7 @@ def _build(field: str, registry: Mapping[str, Plugin], name: str, options: dict[
             raise ConfigError(
                 redact(
                     f"{field}.{key}: not an option of {cls_name} (options: {listing}), "
-                    f"but got {key}={_show(value)}"
+                    f"but got {key}={show_value(value)}"
                 )
             )
     try:
@@ -149,10 +151,11 @@ def _build(field: str, registry: Mapping[str, Plugin], name: str, options: dict[
     except (TypeError, ValueError) as exc:
         blamed = [k for k in options if re.search(rf"\b{re.escape(k)}\b", str(exc))]
         where = f"{field}.{blamed[0]}" if blamed else field
-        got = _show(options[blamed[0]]) if blamed else _show(options)
+        got = show_value(options[blamed[0]]) if blamed else show_value(options)
         raise ConfigError(redact(f"{where}: {cls_name} rejects it ({exc}), but got {got}")) from exc
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut at 80 characters."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
