@@ -405,9 +405,9 @@ _DATA: dict[str, tuple[torch.Tensor, ...]] = {}
 # ------------------------------------------------------------------------------------------
 # Arms
 
-# An arm's answer for one study: its best value, and the range test tuner stored (None for the
-# arms that are not tuner).
-Outcome = tuple[float, dict[str, Any] | None]
+# An arm's answer for one study: its best value, the range test tuner stored (None for the
+# other arms), and how to build the best trial's optimizer again (None: no trial finished).
+Outcome = tuple[float, dict[str, Any] | None, Build | None]
 
 HAND_OPTIMIZERS = {
     "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr),
@@ -434,8 +434,14 @@ def run_hand(problem: Problem, seed: int, trials: int, epochs: int, sampler: str
     cls = optuna.samplers.TPESampler if sampler == "tpe" else optuna.samplers.RandomSampler
     study = optuna.create_study(direction=problem.direction, sampler=cls(seed=seed))
     study.optimize(objective, n_trials=trials)
-    done = [t.value for t in study.trials if t.value is not None and math.isfinite(t.value)]
-    return _best(done, problem.direction), None
+    done = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
+    best = _best_trial(done, problem.direction)
+
+    def rebuild(params, total_steps):
+        opt = HAND_OPTIMIZERS[best.params["optimizer"]](params, best.params["lr"])
+        return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+    return _best([t.value for t in done], problem.direction), None, rebuild if best else None
 
 
 # The expert study (issue 16): what an experienced Optuna user writes in an hour, in plain
@@ -488,11 +494,7 @@ def run_expert(problem: Problem, seed: int, trials: int, epochs: int) -> Outcome
         if name in EXPERT_MOMENTUM:
             momentum = 1.0 - trial.suggest_float("one_minus_momentum", 1e-3, 0.5, log=True)
         schedule = trial.suggest_categorical("schedule", EXPERT_SCHEDULES)
-
-        def build(params, total_steps):
-            opt = EXPERT_OPTIMIZERS[name](params, lr, momentum)
-            factor = expert_factor(schedule, total_steps)
-            return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        build = functools.partial(_expert_build, name, lr, momentum, schedule)
 
         def report(value: float, epoch: int) -> None:
             trial.report(value, epoch)
@@ -511,11 +513,23 @@ def run_expert(problem: Problem, seed: int, trials: int, epochs: int) -> Outcome
     )
     study.optimize(objective, n_trials=trials)
     done = [
-        t.value
+        t
         for t in study.trials
         if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)
     ]
-    return _best(done, problem.direction), None
+    best = _best_trial(done, problem.direction)
+    rebuild = None
+    if best is not None:
+        p = best.params
+        momentum = 1.0 - p.get("one_minus_momentum", 1.0)
+        rebuild = functools.partial(_expert_build, p["optimizer"], p["lr"], momentum, p["schedule"])
+    return _best([t.value for t in done], problem.direction), None, rebuild
+
+
+def _expert_build(name: str, lr: float, momentum: float, schedule: str, params, total_steps):
+    opt = EXPERT_OPTIMIZERS[name](params, lr, momentum)
+    factor = expert_factor(schedule, total_steps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def run_tuner(
@@ -533,6 +547,7 @@ def run_tuner(
     ``step_loss``: the objective also gives each step's training loss to
     ``trial.step_loss`` (where tuner.Trial has it) for the range test to read.
     """
+    from tuner.catalog.export import OptimizerConfig
     from tuner.config.studyfile import StudyFile
     from tuner.core.keys import ATTR
     from tuner.db.session import open_session
@@ -569,11 +584,30 @@ def run_tuner(
         Worker(study_file=sf, study=study, objective=objective, tracker=session.tracker).run()
         session.close(timeout=1.0)
         done = [
-            t.value
+            t
             for t in study.trials
             if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)
         ]
-        return _best(done, problem.direction), study.user_attrs.get(ATTR.LR_RANGE_TEST)
+        best = _best_trial(done, problem.direction)
+        rebuild = None
+        if best is not None:  # the exported configuration, as `tuner best` writes it
+            config = OptimizerConfig.from_dict(best.user_attrs[ATTR.CONFIG])
+            rebuild = functools.partial(_tuner_build, config)
+        value = _best([t.value for t in done], problem.direction)
+        return value, study.user_attrs.get(ATTR.LR_RANGE_TEST), rebuild
+
+
+def _tuner_build(config: Any, params, total_steps):
+    from tuner.catalog.export import build_optimizer
+
+    return build_optimizer(params, config, total_steps)
+
+
+def _best_trial(trials: list[Any], direction: str) -> Any:
+    """The best of finished trials (None when none finished)."""
+    if not trials:
+        return None
+    return min(trials, key=lambda t: _rank(t.value, direction))
 
 
 def _best(values: list[float], direction: str) -> float:
@@ -693,6 +727,7 @@ class Cell:
     trials: int
     epochs: int
     lr: float | None = None
+    retest: int = 0  # fresh seeds to train the study's best configuration with again
 
 
 @dataclass(frozen=True)
@@ -703,6 +738,7 @@ class CellResult:
     seconds: float  # wall time
     cpu: float  # this process's CPU time: what the cell costs on an idle core
     range_test: dict[str, Any] | None = None
+    retest: float = math.nan  # the best configuration's mean value over the fresh seeds
 
 
 # Results by (problem, arm), or by (problem, family) for the ceiling grid.
@@ -720,15 +756,24 @@ def run_cell(cell: Cell) -> CellResult:
         _DATA[cell.problem] = problem.data()
     COUNTER.steps = 0
     start, cpu = time.perf_counter(), time.process_time()
-    range_test = None
+    range_test, rebuild = None, None
     if cell.lr is None:
-        best, range_test = ARMS[cell.arm](problem, cell.seed, cell.trials, cell.epochs)
+        best, range_test, rebuild = ARMS[cell.arm](problem, cell.seed, cell.trials, cell.epochs)
     else:
         best = run_grid(problem, cell.arm, cell.lr, cell.epochs)
     spent = COUNTER.steps / problem.steps_per_epoch
-    return CellResult(
-        cell, best, spent, time.perf_counter() - start, time.process_time() - cpu, range_test
-    )
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    retest = math.nan
+    if rebuild is not None and cell.retest:
+        retest = statistics.fmean(
+            problem.train(rebuild, cell.epochs, lambda v, e: None, RETEST_SEED + k)
+            for k in range(cell.retest)
+        )
+    return CellResult(cell, best, spent, seconds, cpu, range_test, retest)
+
+
+# The re-test's training seeds: none of them is a seed any study trains with.
+RETEST_SEED = 10**6
 
 
 def main() -> None:
@@ -745,6 +790,12 @@ def main() -> None:
     parser.add_argument(
         "--no-ceiling-check", action="store_true", help="skip the constant-rate grid"
     )
+    parser.add_argument(
+        "--retest",
+        type=int,
+        default=5,
+        help="train each study's best configuration again with this many fresh seeds (0: skip)",
+    )
     args = parser.parse_args()
     problems = args.problems.split(",")
     arms = args.arms.split(",")
@@ -754,7 +805,7 @@ def main() -> None:
     if "tuner-loss" in arms and not hasattr(tuner.Trial, "step_loss"):
         print("note: tuner.Trial has no step_loss yet; the tuner-loss arm runs as tuner")
     cells = [
-        Cell(p, a, s, args.trials, args.epochs)
+        Cell(p, a, s, args.trials, args.epochs, retest=args.retest)
         for p in problems
         for s in range(args.seeds)
         for a in arms  # arms interleaved: the machine's load lands on all alike
@@ -776,6 +827,8 @@ def main() -> None:
     studies, grids = run_all(cells, grid, args.jobs)
     wall = time.perf_counter() - start
     print_results(problems, arms, studies)
+    if args.retest:
+        print_retest(problems, arms, studies, args.retest, args.candidate)
     print_wall_times(problems, arms, studies, grids, wall, args.jobs)
     ceilings = check_ceilings(problems, arms, studies, grids, families)
     print_targets(problems, studies, ceilings, args.candidate)
@@ -868,6 +921,34 @@ def print_results(problems: list[str], arms: list[str], studies: Results) -> Non
             best, spent = _medians(cells)
             row += f" {best:>12.5g} ({spent:>6.0f})"
         print(row)
+
+
+def print_retest(
+    problems: list[str], arms: list[str], studies: Results, seeds: int, candidate: str
+) -> None:
+    """Each arm's answer trained again: the mean over ``seeds`` fresh seeds of each study's best
+    configuration, median over studies. A study's best value is also the luckiest of its
+    trials' training seeds; this is what its answer is worth on the next run."""
+    print(
+        f"\nre-test: each study's best configuration trained again with {seeds} fresh seeds "
+        "(mean), median over studies"
+    )
+    print(f"{'problem':<17} {'dir':<4}" + "".join(f" {a:>13}" for a in arms))
+    line = {"hand": 0, "expert": 0}
+    for p in problems:
+        direction = PROBLEMS[p].direction
+        med = {}
+        for a in arms:
+            values = [c.retest for c in studies.get((p, a), [])]
+            med[a] = statistics.median(values) if values else math.nan
+        print(f"{p:<17} {direction[:3]:<4}" + "".join(f" {med[a]:>13.5g}" for a in arms))
+        for ref in line:
+            if candidate in med and ref in med:
+                line[ref] += _rank(med[candidate], direction) <= _rank(med[ref], direction)
+    print(
+        f"re-tested, {candidate} >= hand on {line['hand']}/{len(problems)}, "
+        f">= expert on {line['expert']}/{len(problems)}"
+    )
 
 
 def print_wall_times(
