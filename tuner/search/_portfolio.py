@@ -73,7 +73,7 @@ def portfolio_trials(
     """
     by_name = {o.name: o for o in space.optimizers}
     schedules = {s.name: s for s in space.schedules}
-    out, extra, raised = [], [], set()
+    out, extra = [], []
     for entry in PORTFOLIO:
         name = entry["optimizer"]
         if name not in by_name:
@@ -85,18 +85,15 @@ def portfolio_trials(
         elif point is not None and verdict == "stable":
             lr = max(entry["lr"], point * entry["lr_fraction"])
         out.append((entry["name"], _entry_params(space, by_name, schedules, entry, lr)))
-        family = _family(name)
         if (
             point is not None
             and verdict == "ambiguous"
             and point * entry["lr_fraction"] >= RAISE_DECADE * entry["lr"]
-            and family not in raised
-            and entry is _raised_entry(family, by_name)
+            and entry is _raised_entry(_family(name), by_name)
         ):
             # The probe is unsure, and its rise puts the rate a decade or more above the
             # literature's: the family's raised entry also runs at ``lr_fraction`` of the
             # rise, after every literature entry (a small budget's cap drops it first).
-            raised.add(family)
             rise = point * entry["lr_fraction"]
             params = _entry_params(space, by_name, schedules, entry, rise)
             extra.append((f"{entry['name']}@rise", params))
